@@ -1,8 +1,8 @@
 """``mlinfra-features``: inspect the feature store from a shell.
 
-    mlinfra-features freshness [--json] [--home DIR]   per-view freshness (table or JSON)
-    mlinfra-features feast-yaml [--home DIR]           write feature_store.yaml for the Feast CLI
-    mlinfra-features runs [--view V] [--home DIR]      the materialization ledger
+mlinfra-features freshness [--json] [--home DIR]   per-view freshness (table or JSON)
+mlinfra-features feast-yaml [--home DIR]           write feature_store.yaml for the Feast CLI
+mlinfra-features runs [--view V] [--home DIR]      the materialization ledger
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Freshness of each feature view, from the run ledger and the data it moved.
 
-A view's *age* is ``now`` minus the newest event timestamp materialized by a successful run; its
-SLA is ``sla_factor`` (default 2) times its cadence. States, in order of precedence:
+A view's *age* is ``now`` minus the newest event timestamp materialized by a successful run (when
+successful runs moved no rows at all, the data is older than their earliest window start, and
+that start gives a lower bound of the age); its SLA is ``sla_factor`` (default 2) times its
+cadence. States, in order of precedence:
 
 ``missing``  no successful run yet;
 ``late``     age beyond the SLA (the data is stale, whatever the runs say);
@@ -69,9 +71,14 @@ def freshness(
             (r.max_event_timestamp for r in successes if r.max_event_timestamp), default=None
         )
         sla = VIEWS[name].cadence.total_seconds() * settings.sla_factor
-        age = (now - newest).total_seconds() if newest else None
+        if newest is not None:
+            age = (now - newest).total_seconds()
+        elif successes:  # runs succeeded but moved no rows: the data predates every window
+            age = (now - min(r.window_start for r in successes)).total_seconds()
+        else:
+            age = None
         last = runs[-1] if runs else None
-        if not successes or age is None:
+        if age is None:
             state = "missing"
         elif age > sla:
             state = "late"

@@ -98,11 +98,7 @@ def _window_counts(
     last_event = (
         pl.when(~pl.col("marker")).then(pl.col(_TS)).forward_fill().over("customer_id")
     ).alias("last_event_at")
-    return (
-        stream.with_columns(*sums, last_event)
-        .filter(pl.col("marker"))
-        .drop("weight", "marker")
-    )
+    return stream.with_columns(*sums, last_event).filter(pl.col("marker")).drop("weight", "marker")
 
 
 def churn_features(
@@ -131,16 +127,16 @@ def churn_features(
     ]
     # x = 7 for the latest week (k=1) down to 0 for the oldest (k=8), centred at 3.5.
     centred_x = [(TREND_WEEKS - k) - (TREND_WEEKS - 1) / 2 for k in range(1, TREND_WEEKS + 1)]
-    slope = pl.sum_horizontal(
-        [c * x for c, x in zip(weekly, centred_x, strict=True)]
-    ) / sum(x * x for x in centred_x)
+    slope = pl.sum_horizontal([c * x for c, x in zip(weekly, centred_x, strict=True)]) / sum(
+        x * x for x in centred_x
+    )
     mean = pl.col(f"w{TREND_WEEKS}") / TREND_WEEKS
     login_view = counts.select(
         "customer_id",
         _TS,
         pl.col("logins_30d").cast(pl.Int64),
-        days_since_last_login=(pl.col(_TS) - pl.col("last_event_at")).dt.total_seconds()
-        / 86_400.0,
+        days_since_last_login=(pl.col(_TS) - pl.col("last_event_at")).dt.total_microseconds()
+        / 86_400e6,
         login_trend_8w=slope / (mean + 0.5),
     )
 

@@ -14,6 +14,7 @@ the offline store directory. Feature services name the features a model consumes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -157,7 +158,7 @@ def service_features(service: str) -> list[str]:
     return [f for feats in FEATURE_SERVICES[service].values() for f in feats]
 
 
-def feast_objects(offline_dir: Path) -> list[Entity | FeatureView | FeatureService]:
+def feast_objects(offline_dir: Path) -> Sequence[Entity | FeatureView | FeatureService]:
     """The Feast objects of the repository, with sources under ``offline_dir``."""
     entities = {
         name: Entity(name=name, join_keys=[key], value_type=vtype)

@@ -48,9 +48,7 @@ def training_set(
     frame = entity_df.with_row_index(_ROW).with_columns(
         pl.col("event_timestamp").dt.convert_time_zone("UTC")
     )
-    result = store.get_historical_features(
-        entity_df=frame.to_pandas(), features=service
-    ).to_df()
+    result = store.get_historical_features(entity_df=frame.to_pandas(), features=service).to_df()
     out = (
         pl.from_pandas(result)
         .sort(_ROW)

@@ -45,7 +45,7 @@ Product events and annotations
     See :mod:`mlinfra_features._events`: events of 24 fine categories (taxonomy v1) with name,
     module, text and numeric attributes, and a multi-annotator sample with realistic confusions.
 
-``delay`` holds back everything newer than ``as_of - delay``, as a late upstream job would.
+``delay_hours`` holds back everything newer than ``as_of - delay``, as a late upstream job would.
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ class DemoWarehouseSettings:
 
     n_customers: int = 100_000
     seed: int = 7
-    as_of: datetime | None = None
-    delay: timedelta = timedelta(0)
+    as_of: datetime | str | None = None
+    delay_hours: float = 0.0
     history_weeks: int = 26
     activity_days: int = 56
     anomaly_rate: float = 0.004
@@ -150,9 +150,16 @@ class DemoWarehouseSettings:
     def resolved_as_of(self) -> datetime:
         """``as_of`` as an aware UTC datetime; now (to the second) when unset."""
         as_of = self.as_of or datetime.now(UTC)
+        if isinstance(as_of, str):
+            as_of = datetime.fromisoformat(as_of)
         if as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
         return as_of.astimezone(UTC).replace(microsecond=0)
+
+    @property
+    def delay(self) -> timedelta:
+        """How much of the newest data is held back, as a late upstream job would."""
+        return timedelta(hours=self.delay_hours)
 
     def validate(self) -> None:
         if self.n_customers < 10:
@@ -164,8 +171,8 @@ class DemoWarehouseSettings:
                 f"activity_days must be between 29 and {7 * self.history_weeks} "
                 f"(7 x history_weeks), got {self.activity_days}"
             )
-        if self.delay < timedelta(0):
-            raise ValueError(f"delay must not be negative, got {self.delay}")
+        if self.delay_hours < 0:
+            raise ValueError(f"delay_hours must not be negative, got {self.delay_hours}")
         if not 0 <= self.anomaly_rate < 0.2:
             raise ValueError(f"anomaly_rate must be in [0, 0.2), got {self.anomaly_rate}")
 
@@ -230,14 +237,12 @@ class Warehouse:
                 f"expected columns {list(expected)}"
             )
         wrong = {
-            c: str(schema[c])
-            for c, dtype in expected.items()
-            if not _same_type(schema[c], dtype)
+            c: str(schema[c]) for c, dtype in expected.items() if not _same_type(schema[c], dtype)
         }
         if wrong:
             raise SourceError(
                 f"source table {table!r} ({path}) has column(s) of the wrong type {wrong}; "
-                f"expected {({c: str(expected[c]) for c in wrong})}"
+                f"expected { ({c: str(expected[c]) for c in wrong}) }"
             )
         if table not in _MAY_BE_EMPTY and frame.select(pl.len()).collect().item() == 0:
             raise SourceError(f"source table {table!r} ({path}) is empty; expected rows")
@@ -305,7 +310,9 @@ def demo_tables(settings: DemoWarehouseSettings) -> dict[str, pl.DataFrame]:
         rng, sim["ticket_counts"], customers["signup_at"], sim["churned_at"], timeline
     )
     tickets = _ticket_attributes(rng, ticket_rows, sim, timeline)
-    activity, truth = _account_activity(rng, customers, sim, logins, timeline, settings)
+    activity, truth = _account_activity(
+        rng, customers, sim, logins, timeline=timeline, settings=settings
+    )
 
     cutoff = end - np.timedelta64(int(settings.delay.total_seconds() * 1e6), "us")
     customers_df = pl.DataFrame(
@@ -348,7 +355,10 @@ def demo_tables(settings: DemoWarehouseSettings) -> dict[str, pl.DataFrame]:
     }
     kept_events = tables["product_events"].select("event_id")
     tables["event_annotations"] = annotations.join(kept_events, on="event_id", how="semi")
-    return {name: frame.select(list(SCHEMAS[name])).cast(SCHEMAS[name]) for name, frame in tables.items()}  # type: ignore[arg-type]
+    return {
+        name: frame.select([pl.col(c).cast(t) for c, t in SCHEMAS[name].items()])
+        for name, frame in tables.items()
+    }
 
 
 _PLANS = np.array(["basic", "pro", "enterprise"])
@@ -399,7 +409,7 @@ def _simulate_engagement(
     floor = np.ones(n)
     ticket_peak = np.ones(n)
     alive = np.ones(n, dtype=bool)
-    churned_at = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+    churned_at = np.full(n, np.datetime64("NaT", "us"))
     login_mult = np.ones((n, n_weeks), dtype=np.float32)
     ticket_mult = np.ones((n, n_weeks), dtype=np.float32)
     decline_share = np.zeros((n, n_weeks), dtype=np.float32)
@@ -433,12 +443,18 @@ def _simulate_engagement(
         ends_now = declining & (progress >= 1)
         churn_after_decline = ends_now & (rng.random(n) < 0.85)
         in_decline[ends_now] = False  # churned or recovered
-        sudden = live & ~in_decline & (rng.random(n) < 0.003 * np.exp(-np.clip(age_days, 0, None) / 90))
+        sudden = (
+            live & ~in_decline & (rng.random(n) < 0.003 * np.exp(-np.clip(age_days, 0, None) / 90))
+        )
         churn_now = churn_after_decline | sudden
         frac = rng.random(n)
-        when = week_start + (np.maximum(start_in_week, frac) * 7 * 86_400e6).astype("timedelta64[us]")
+        when = week_start + (np.maximum(start_in_week, frac) * 7 * 86_400e6).astype(
+            "timedelta64[us]"
+        )
         churned_at[churn_now] = when[churn_now]
-        share = np.where(churn_now, np.maximum(0, np.maximum(start_in_week, frac) - start_in_week), share)
+        share = np.where(
+            churn_now, np.maximum(0, np.maximum(start_in_week, frac) - start_in_week), share
+        )
         active_share[:, w] = share
         alive &= ~churn_now
 
@@ -506,6 +522,7 @@ def _account_activity(
     customers: dict[str, np.ndarray],
     sim: dict[str, np.ndarray],
     logins: pl.DataFrame,
+    *,
     timeline: _Timeline,
     settings: DemoWarehouseSettings,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -523,17 +540,15 @@ def _account_activity(
     )
 
     # daily login counts from the logins table
-    recent = logins.filter(
-        pl.col("timestamp") >= pl.lit(day_start[0]).dt.replace_time_zone("UTC")
-    )
+    recent = logins.filter(pl.col("timestamp") >= pl.lit(day_start[0]).dt.replace_time_zone("UTC"))
     cidx = recent["customer_id"].to_numpy() - 1
     didx = (
-        (recent["timestamp"].dt.replace_time_zone(None).to_numpy() - day_start[0]) // _DAY  # type: ignore[operator]
+        (recent["timestamp"].dt.replace_time_zone(None).to_numpy() - day_start[0]) // _DAY
     ).astype(np.int64)
     keep = didx < n_days
-    daily_logins = np.bincount(
-        cidx[keep] * n_days + didx[keep], minlength=n * n_days
-    ).reshape(n, n_days)
+    daily_logins = np.bincount(cidx[keep] * n_days + didx[keep], minlength=n * n_days).reshape(
+        n, n_days
+    )
 
     weekday = (days.astype(np.int64) + 3) % 7  # 0 = Monday
     weekday_factor = np.where(weekday >= 5, 0.45, 1.0)
@@ -569,7 +584,9 @@ def _account_activity(
 
     api_calls = np.round(api_calls * multiplier)
     error_rate = 0.01 * rng.lognormal(0, 0.3, n)
-    errors = rng.binomial(api_calls.astype(np.int64), np.clip(error_rate[:, None] * error_boost, 0, 1))
+    errors = rng.binomial(
+        api_calls.astype(np.int64), np.clip(error_rate[:, None] * error_boost, 0, 1)
+    )
     volume = np.round(api_calls * volume_per_call[:, None] * rng.lognormal(0, 0.15, (n, n_days)), 3)
     spend = np.round(
         customers["monthly_spend"][:, None] / 30 * rng.lognormal(0, 0.05, (n, n_days)), 2

@@ -25,7 +25,7 @@ import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
-from mlinfra_features.repo import VIEWS, ENTITIES, feast_objects
+from mlinfra_features.repo import ENTITIES, VIEWS, feast_objects
 from mlinfra_features.sources import write_parquet_atomic
 
 __all__ = [
@@ -124,7 +124,7 @@ def write_feature_store_yaml(settings: FeatureStoreSettings) -> Path:
 def apply_repo(settings: FeatureStoreSettings) -> FeatureStore:
     """Register the repository's entities, views and services (``feast apply``)."""
     store = feature_store(settings)
-    store.apply(feast_objects(settings.offline_dir))
+    store.apply(list(feast_objects(settings.offline_dir)))
     write_feature_store_yaml(settings)
     return store
 
