@@ -1,0 +1,73 @@
+"""mlinfra-models: models, shared evaluation and the MLflow registry.
+
+Plain Python on Polars frames: no Feast, no Prefect, no Hydra.
+"""
+
+from mlinfra_models.churn import (
+    CHURN_LABEL,
+    ChurnModel,
+    ChurnSettings,
+    TimeSplit,
+    churn_labels,
+    time_split,
+    train_churn,
+)
+from mlinfra_models.evaluation import (
+    BinaryEvaluation,
+    Comparison,
+    Estimate,
+    compare,
+    evaluate_binary,
+    lift_top_decile,
+)
+from mlinfra_models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    Contract,
+    GateDecision,
+    RegistrySettings,
+    champion,
+    gate,
+    mlflow_client,
+    semantic_version,
+)
+from mlinfra_models.report import EvaluationReport, write_report
+from mlinfra_models.retraining import (
+    FeatureSource,
+    GateSettings,
+    RetrainResult,
+    config_hash,
+    retrain_churn,
+)
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "CHURN_LABEL",
+    "BinaryEvaluation",
+    "ChurnModel",
+    "ChurnSettings",
+    "Comparison",
+    "Contract",
+    "Estimate",
+    "EvaluationReport",
+    "FeatureSource",
+    "GateDecision",
+    "GateSettings",
+    "RegistrySettings",
+    "RetrainResult",
+    "TimeSplit",
+    "champion",
+    "churn_labels",
+    "compare",
+    "config_hash",
+    "evaluate_binary",
+    "gate",
+    "lift_top_decile",
+    "mlflow_client",
+    "retrain_churn",
+    "semantic_version",
+    "time_split",
+    "train_churn",
+    "write_report",
+]

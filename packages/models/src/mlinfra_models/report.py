@@ -1,0 +1,154 @@
+"""Self-contained HTML evaluation reports: metrics vs the champion, ROC and calibration curves,
+and an ablation chart. Charts are inline SVG (matplotlib), so the file needs nothing else."""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlinfra_models.evaluation import BinaryEvaluation, Estimate
+
+__all__ = ["EvaluationReport", "write_report"]
+
+
+@dataclass
+class EvaluationReport:
+    """What one retrain's report shows."""
+
+    model_name: str
+    title: str
+    candidate: BinaryEvaluation
+    champion: BinaryEvaluation | None = None
+    champion_label: str = "champion"
+    deltas: Mapping[str, Estimate] = field(default_factory=dict)
+    ablation: Mapping[str, Estimate] = field(default_factory=dict)
+    ablation_auc: Mapping[str, float] = field(default_factory=dict)
+    facts: Mapping[str, str] = field(default_factory=dict)
+    decision: str = ""
+
+
+def _svg(fig: object) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")  # type: ignore[attr-defined]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # type: ignore[arg-type]
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _curves(report: EvaluationReport) -> tuple[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [("candidate", report.candidate)]
+    if report.champion is not None:
+        runs.append((report.champion_label, report.champion))
+    roc, ax = plt.subplots(figsize=(4.6, 4.2))
+    for label, ev in runs:
+        auc = ev.metrics["roc_auc"].value
+        ax.plot(ev.roc["fpr"], ev.roc["tpr"], label=f"{label} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax.legend(loc="lower right")
+    cal, ax = plt.subplots(figsize=(4.6, 4.2))
+    for label, ev in runs:
+        ax.plot(
+            ev.calibration["mean_predicted"], ev.calibration["fraction_positive"], "o-", label=label
+        )
+    top = max(max(ev.calibration["mean_predicted"] + ev.calibration["fraction_positive"]) for _, ev in runs)
+    ax.plot([0, top], [0, top], ls=":", c="grey")
+    ax.set(xlabel="mean predicted probability", ylabel="observed frequency", title="Calibration")
+    ax.legend(loc="upper left")
+    return _svg(roc), _svg(cal)
+
+
+def _ablation_chart(ablation: Mapping[str, Estimate]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(ablation)
+    values = [ablation[n].value for n in names]
+    errors = [
+        [ablation[n].value - ablation[n].low for n in names],
+        [ablation[n].high - ablation[n].value for n in names],
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.5 * len(names)))
+    ax.barh(names, values, xerr=errors, color="#4c72b0", capsize=3)
+    ax.axvline(0, c="grey", lw=1)
+    ax.set(xlabel="ROC-AUC change of the candidate vs the variant (95% paired bootstrap)")
+    ax.invert_yaxis()
+    return _svg(fig)
+
+
+def _metrics_table(report: EvaluationReport) -> str:
+    rows = []
+    for name, est in report.candidate.metrics.items():
+        champ = report.champion.metrics[name] if report.champion else None
+        delta = report.deltas.get(name)
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(name)}</td><td>{est}</td>"
+            f"<td>{champ if champ else '-'}</td><td>{delta if delta else '-'}</td>"
+            "</tr>"
+        )
+    return (
+        f"<table><tr><th>metric</th><th>candidate</th><th>{html.escape(report.champion_label)}"
+        "</th><th>difference</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def write_report(report: EvaluationReport, path: Path) -> Path:
+    """Render the report to ``path`` (atomically) and return it."""
+    roc, cal = _curves(report)
+    facts = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in report.facts.items()
+    )
+    ablation = ""
+    if report.ablation:
+        rows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{report.ablation_auc.get(n, float('nan')):.4f}</td>"
+            f"<td>{e}</td></tr>"
+            for n, e in report.ablation.items()
+        )
+        ablation = (
+            "<h2>Ablation</h2><p>Each variant is trained on the same rows and evaluated on the "
+            "same window; the difference is the candidate's ROC-AUC minus the variant's.</p>"
+            "<table><tr><th>variant</th><th>ROC-AUC</th><th>candidate - variant</th></tr>"
+            f"{rows}</table>{_ablation_chart(report.ablation)}"
+        )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(report.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
+.charts {{ display: flex; gap: 1rem; flex-wrap: wrap; }}
+.decision {{ padding: .6rem; background: #f3f6fa; border-left: 4px solid #4c72b0; }}
+</style></head><body>
+<h1>{html.escape(report.title)}</h1>
+<p class="decision">{html.escape(report.decision)}</p>
+<table>{facts}</table>
+<h2>Metrics on the evaluation window (95% bootstrap intervals)</h2>
+<p>{report.candidate.n} rows, {report.candidate.positives} positives.</p>
+{_metrics_table(report)}
+<div class="charts">{roc}{cal}</div>
+{ablation}
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(page)
+    Path(tmp).replace(path)
+    return path
