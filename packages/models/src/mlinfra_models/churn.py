@@ -45,9 +45,9 @@ class ChurnSettings:
     train_snapshots: int = 4
     validation_snapshots: int = 1
     evaluation_snapshots: int = 2
-    iterations: int = 600
+    iterations: int = 400
     depth: int = 6
-    learning_rate: float = 0.08
+    learning_rate: float = 0.1
     l2_leaf_reg: float = 3.0
     early_stopping_rounds: int = 60
     seed: int = 7
@@ -55,7 +55,8 @@ class ChurnSettings:
     ablation: list[str] = field(
         default_factory=lambda: ["account_age_days", "support_tickets_30d", "login_trend_8w"]
     )
-    ablation_max_rows: int = 300_000
+    ablation_max_rows: int = 80_000
+    bootstrap_resamples: int = 100
 
     @property
     def horizon(self) -> timedelta:

@@ -28,7 +28,13 @@ from mlinfra_models.churn import (
     time_split,
     train_churn,
 )
-from mlinfra_models.evaluation import BinaryEvaluation, Estimate, compare, evaluate_binary
+from mlinfra_models.evaluation import (
+    METRICS,
+    BinaryEvaluation,
+    Estimate,
+    compare,
+    evaluate_binary,
+)
 from mlinfra_models.registry import (
     Contract,
     GateDecision,
@@ -101,7 +107,14 @@ def _ablation(
     deltas, aucs = {}, {}
     for name, features in variants.items():
         scores = train_churn(train, split_val, features, settings).predict_proba(evaluation)
-        comparison = compare(y, reference, scores, metrics=None, seed=settings.seed)
+        comparison = compare(
+            y,
+            reference,
+            scores,
+            metrics={"roc_auc": METRICS["roc_auc"]},
+            n_boot=settings.bootstrap_resamples,
+            seed=settings.seed,
+        )
         deltas[name] = comparison.deltas["roc_auc"]
         aucs[name] = evaluate_binary(y, scores, n_boot=2).metrics["roc_auc"].value
     aucs["candidate (same rows)"] = evaluate_binary(y, reference, n_boot=2).metrics["roc_auc"].value
@@ -132,7 +145,8 @@ def retrain_churn(
     model = train_churn(split.train, split.validation, features, settings)
     y_eval = split.evaluation[CHURN_LABEL].to_numpy()
     scores = model.predict_proba(split.evaluation)
-    evaluation = evaluate_binary(y_eval, scores, seed=settings.seed)
+    n_boot = settings.bootstrap_resamples
+    evaluation = evaluate_binary(y_eval, scores, n_boot=n_boot, seed=settings.seed)
     log(f"candidate ROC-AUC {evaluation.metrics['roc_auc']}")
 
     current = champion(client, MODEL_NAME)
@@ -148,8 +162,8 @@ def retrain_churn(
         eval_rows = split.evaluation.select(_KEYS)
         champ_frame = feature_source(current.tags["feature_service"], eval_rows)
         champ_scores = champ_model.predict_proba(champ_frame)
-        champion_eval = evaluate_binary(y_eval, champ_scores, seed=settings.seed)
-        deltas = compare(y_eval, scores, champ_scores, seed=settings.seed).deltas
+        champion_eval = evaluate_binary(y_eval, champ_scores, n_boot=n_boot, seed=settings.seed)
+        deltas = compare(y_eval, scores, champ_scores, n_boot=n_boot, seed=settings.seed).deltas
         log(f"champion v{current.semver} ROC-AUC {champion_eval.metrics['roc_auc']}")
 
     variants: dict[str, list[str]] = {}
@@ -296,7 +310,13 @@ def _log_run(
             path.write_text(json.dumps(payload, indent=2))
             mlflow.log_artifact(str(path))
         mlflow.log_artifact(str(report_path))
+        import catboost
+
         mlflow.catboost.log_model(
-            model.booster, name="model", signature=signature, input_example=example.head(5)
+            model.booster,
+            name="model",
+            signature=signature,
+            input_example=example.head(5),
+            pip_requirements=[f"catboost=={catboost.__version__}"],
         )
         return str(run.info.run_id)
