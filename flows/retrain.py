@@ -39,7 +39,10 @@ def git_revision() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, check=True, cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -120,10 +123,15 @@ def retrain_churn_task(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-TRAINERS = {"churn": (retrain_churn_task, lambda cfg: [
-    cfg["model"]["churn"]["settings"]["feature_service"],
-    cfg["model"]["churn"]["settings"]["baseline_feature_service"],
-])}
+TRAINERS = {
+    "churn": (
+        retrain_churn_task,
+        lambda cfg: [
+            cfg["model"]["churn"]["settings"]["feature_service"],
+            cfg["model"]["churn"]["settings"]["baseline_feature_service"],
+        ],
+    )
+}
 
 
 @flow(name="retrain", log_prints=True)

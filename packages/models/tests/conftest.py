@@ -12,8 +12,14 @@ from mlinfra_models import CHURN_LABEL, ChurnSettings, RegistrySettings
 SERVICES = {
     "churn_v1": ["plan", "seats", "monthly_spend", "logins_30d", "days_since_last_login"],
     "churn_v2": [
-        "plan", "seats", "monthly_spend", "logins_30d", "days_since_last_login",
-        "account_age_days", "login_trend_8w", "support_tickets_30d",
+        "plan",
+        "seats",
+        "monthly_spend",
+        "logins_30d",
+        "days_since_last_login",
+        "account_age_days",
+        "login_trend_8w",
+        "support_tickets_30d",
     ],
 }
 

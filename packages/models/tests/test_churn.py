@@ -27,9 +27,7 @@ def test_labels_are_churn_within_the_horizon_for_active_customers() -> None:
     assert dict(zip(first["customer_id"], first[CHURN_LABEL], strict=True)) == {1: 1, 2: 0, 3: 0}
     second = labels.filter(pl.col("event_timestamp") == t + timedelta(days=20))
     # customer 1 churned before the second date; customer 4 signed up in between
-    assert dict(zip(second["customer_id"], second[CHURN_LABEL], strict=True)) == {
-        2: 1, 3: 0, 4: 0
-    }
+    assert dict(zip(second["customer_id"], second[CHURN_LABEL], strict=True)) == {2: 1, 3: 0, 4: 0}
     with pytest.raises(ValueError, match="matured"):
         churn_labels(customers, churn, [t], t + timedelta(days=10))
     with pytest.raises(ValueError, match=r"customers lacks column\(s\) \['signup_at'\]"):
@@ -41,9 +39,10 @@ def test_time_split_is_purged_and_never_random(rows: pl.DataFrame) -> None:
     split = time_split(rows, settings)
     horizon = timedelta(days=30)
     train_end = split.train["event_timestamp"].max()
-    val_start, val_end = split.validation["event_timestamp"].min(), split.validation[
-        "event_timestamp"
-    ].max()
+    val_start, val_end = (
+        split.validation["event_timestamp"].min(),
+        split.validation["event_timestamp"].max(),
+    )
     eval_start = split.evaluation["event_timestamp"].min()
     assert train_end + horizon <= val_start  # type: ignore[operator]
     assert val_end + horizon <= eval_start  # type: ignore[operator]

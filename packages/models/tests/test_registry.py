@@ -58,8 +58,13 @@ def retrain(
 ) -> object:
     labels = rows.select("customer_id", "event_timestamp", CHURN_LABEL)
     return retrain_churn(
-        labels, FrameFeatureSource(rows), settings, registry, tmp_path / "reports",
-        tags={"git_revision": "abc123", "config_hash": "cafe"}, log=lambda _: None,
+        labels,
+        FrameFeatureSource(rows),
+        settings,
+        registry,
+        tmp_path / "reports",
+        tags={"git_revision": "abc123", "config_hash": "cafe"},
+        log=lambda _: None,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -87,7 +92,11 @@ def test_retrain_registers_versions_and_moves_the_champion(
     info = mlflow.models.get_model_info(mv.source)
     assert info.signature is not None
     assert info.signature.inputs.input_names() == [
-        "plan", "seats", "monthly_spend", "logins_30d", "days_since_last_login"
+        "plan",
+        "seats",
+        "monthly_spend",
+        "logins_30d",
+        "days_since_last_login",
     ]
 
     second = retrain(rows, replace(fast_settings, feature_service="churn_v2"), registry, tmp_path)
@@ -133,8 +142,14 @@ def test_failure_after_training_registers_nothing(
     blocker.write_text("a file where the report folder should be")
     labels = rows.select("customer_id", "event_timestamp", CHURN_LABEL)
     with pytest.raises((NotADirectoryError, FileExistsError)):
-        retrain_churn(labels, FrameFeatureSource(rows), settings, registry, blocker / "reports",
-                      log=lambda _: None)
+        retrain_churn(
+            labels,
+            FrameFeatureSource(rows),
+            settings,
+            registry,
+            blocker / "reports",
+            log=lambda _: None,
+        )
     client = mlflow_client(registry)
     versions = client.search_model_versions("name='churn'")
     assert [str(v.version) for v in versions] == [first.version]  # type: ignore[attr-defined]

@@ -182,7 +182,9 @@ class ChurnModel:
             raise ValueError(f"frame lacks feature column(s) {missing}; expected {self.features}")
         return (
             frame.select(self.features)
-            .with_columns([pl.col(c).cast(pl.String).fill_null("unknown") for c in self.categorical])
+            .with_columns(
+                [pl.col(c).cast(pl.String).fill_null("unknown") for c in self.categorical]
+            )
             .to_pandas()
         )
 

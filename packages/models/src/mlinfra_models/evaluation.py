@@ -108,7 +108,7 @@ def _check(y_true: np.ndarray, y_score: np.ndarray, name: str = "y_score") -> No
 
 def _resamples(y_true: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[np.ndarray] = []
     while len(out) < n_boot:
         idx = rng.integers(0, y_true.size, y_true.size)
         if 0 < y_true[idx].sum() < idx.size:  # both classes, or AUC is undefined
@@ -172,7 +172,9 @@ def compare(
     samples = _resamples(y_true, n_boot, seed)
     deltas = {}
     for name, fn in chosen.items():
-        boot = np.array([fn(y_true[i], candidate[i]) - fn(y_true[i], reference[i]) for i in samples])
+        boot = np.array(
+            [fn(y_true[i], candidate[i]) - fn(y_true[i], reference[i]) for i in samples]
+        )
         low, high = np.percentile(boot, [2.5, 97.5])
         deltas[name] = Estimate(
             fn(y_true, candidate) - fn(y_true, reference), float(low), float(high)

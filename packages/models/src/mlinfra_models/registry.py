@@ -14,6 +14,7 @@ alias moves only after the version exists and the gate passed; otherwise the ver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -214,14 +215,15 @@ def register(
         )
     from mlflow.exceptions import MlflowException
 
-    try:
+    with contextlib.suppress(MlflowException):  # it already exists
         client.create_registered_model(model_name)
-    except MlflowException:
-        pass  # already exists
-    logged = [m for m in client.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{artifact_path}'",
-    )]
+    logged = [
+        m
+        for m in client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{artifact_path}'",
+        )
+    ]
     if not logged:
         raise RuntimeError(f"run {run_id} has no logged model named {artifact_path!r}")
     mv = client.create_model_version(

@@ -63,7 +63,10 @@ def _curves(report: EvaluationReport) -> tuple[str, str]:
         ax.plot(
             ev.calibration["mean_predicted"], ev.calibration["fraction_positive"], "o-", label=label
         )
-    top = max(max(ev.calibration["mean_predicted"] + ev.calibration["fraction_positive"]) for _, ev in runs)
+    top = max(
+        max(ev.calibration["mean_predicted"] + ev.calibration["fraction_positive"])
+        for _, ev in runs
+    )
     ax.plot([0, top], [0, top], ls=":", c="grey")
     ax.set(xlabel="mean predicted probability", ylabel="observed frequency", title="Calibration")
     ax.legend(loc="upper left")

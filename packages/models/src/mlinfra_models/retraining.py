@@ -94,6 +94,7 @@ def _ablation(
     split_train: pl.DataFrame,
     split_val: pl.DataFrame,
     evaluation: pl.DataFrame,
+    *,
     variants: Mapping[str, list[str]],
     full: list[str],
     settings: ChurnSettings,
@@ -135,7 +136,10 @@ def retrain_churn(
     """Train a churn candidate on ``labels`` and register it (see the module docstring)."""
     gate_settings = gate_settings or GateSettings()
     client = mlflow_client(registry)  # fails fast when the tracking URI is unreachable
-    frame = feature_source(settings.feature_service, labels)
+    # Split the labels first, so that features are joined only for the as-of dates used.
+    by_date = time_split(labels, settings)
+    used = pl.concat([by_date.train, by_date.validation, by_date.evaluation])
+    frame = feature_source(settings.feature_service, used)
     split = time_split(frame, settings)
     features = _features_of(frame)
     log(
@@ -175,7 +179,14 @@ def retrain_churn(
         if dropped in features:
             variants[f"without {dropped}"] = [f for f in features if f != dropped]
     ablation, ablation_auc = (
-        _ablation(split.train, split.validation, split.evaluation, variants, features, settings)
+        _ablation(
+            split.train,
+            split.validation,
+            split.evaluation,
+            variants=variants,
+            full=features,
+            settings=settings,
+        )
         if variants
         else ({}, {})
     )
@@ -223,8 +234,14 @@ def retrain_churn(
     )
 
     run_id = _log_run(
-        model, split.evaluation, evaluation, champion_eval, deltas, ablation, settings,
-        report_path,
+        model,
+        evaluation_rows=split.evaluation,
+        evaluation=evaluation,
+        champion_eval=champion_eval,
+        deltas=deltas,
+        ablation=ablation,
+        settings=settings,
+        report_path=report_path,
         tags={
             "model_name": MODEL_NAME,
             "feature_service": settings.feature_service,
@@ -266,6 +283,7 @@ def retrain_churn(
 
 def _log_run(
     model: ChurnModel,
+    *,
     evaluation_rows: pl.DataFrame,
     evaluation: BinaryEvaluation,
     champion_eval: BinaryEvaluation | None,
@@ -290,7 +308,10 @@ def _log_run(
                 for k, v in vars(settings).items()
                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)
             }
-            | {"best_iteration": model.booster.get_best_iteration(), "features": ",".join(model.features)}
+            | {
+                "best_iteration": model.booster.get_best_iteration(),
+                "features": ",".join(model.features),
+            }
         )
         mlflow.log_metrics(evaluation.flat_metrics())
         if champion_eval is not None:

@@ -1,0 +1,153 @@
+"""The churn model on the demo warehouse, whose hidden process is known; the retrain flow and
+the notebook end to end."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nbformat
+import polars as pl
+import pytest
+from nbclient import NotebookClient
+
+from flows.config import load
+from flows.retrain import StaleFeaturesError, retrain
+from mlinfra_features import (
+    DemoWarehouseSettings,
+    FeatureStoreSettings,
+    Warehouse,
+    apply_repo,
+    feature_tables,
+    generate_demo_warehouse,
+    materialize_incremental,
+    service_features,
+    training_set,
+    write_feature_tables,
+)
+from mlinfra_models import (
+    CHURN_LABEL,
+    ChurnModel,
+    ChurnSettings,
+    churn_labels,
+    evaluate_binary,
+    time_split,
+    train_churn,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ChurnSettings(iterations=250, thread_count=2, bootstrap_resamples=50)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStoreSettings, Warehouse]:
+    home = tmp_path_factory.mktemp("demo-home")
+    warehouse = generate_demo_warehouse(
+        DemoWarehouseSettings(n_customers=5000, as_of=datetime(2026, 11, 29, tzinfo=UTC)),
+        home / "warehouse",
+    )
+    store = FeatureStoreSettings(home=home)
+    write_feature_tables(store, feature_tables(warehouse))
+    apply_repo(store)
+    materialize_incremental(store, end=warehouse.data_end() + timedelta(seconds=1))
+    return store, warehouse
+
+
+@pytest.fixture(scope="module")
+def trained(
+    demo: tuple[FeatureStoreSettings, Warehouse],
+) -> tuple[dict[str, ChurnModel], pl.DataFrame]:
+    store, warehouse = demo
+    dates = (
+        pl.scan_parquet(store.offline_dir / "customer_profile.parquet")
+        .select(pl.col("event_timestamp").unique())
+        .collect()["event_timestamp"]
+        .to_list()
+    )
+    labels = churn_labels(
+        warehouse.scan("customers").collect(),
+        warehouse.scan("churn_events").collect(),
+        dates,
+        warehouse.data_end(),
+    )
+    split = time_split(training_set(store, "churn_v2", labels), SETTINGS)
+    models = {
+        service: train_churn(split.train, split.validation, service_features(service), SETTINGS)
+        for service in ("churn_v1", "churn_v2")
+    }
+    return models, split.evaluation
+
+
+def test_v2_beats_v1_on_the_demo(trained: tuple[dict[str, ChurnModel], pl.DataFrame]) -> None:
+    models, evaluation = trained
+    y = evaluation[CHURN_LABEL].to_numpy()
+    auc = {
+        s: evaluate_binary(y, m.predict_proba(evaluation), n_boot=20).metrics["roc_auc"].value
+        for s, m in models.items()
+    }
+    assert auc["churn_v2"] > auc["churn_v1"] + 0.02, auc
+    assert auc["churn_v1"] > 0.75, auc
+
+
+def test_falling_logins_and_rising_tickets_score_higher(
+    trained: tuple[dict[str, ChurnModel], pl.DataFrame],
+) -> None:
+    models, evaluation = trained
+    steady = (
+        evaluation.filter(pl.col(CHURN_LABEL) == 0)
+        .head(200)
+        .with_columns(login_trend_8w=pl.lit(0.0), support_tickets_30d=pl.lit(0, pl.Int64))
+    )
+    declining = steady.with_columns(
+        login_trend_8w=pl.lit(-0.15), support_tickets_30d=pl.lit(3, pl.Int64)
+    )
+    model = models["churn_v2"]
+    assert (model.predict_proba(declining) > model.predict_proba(steady)).mean() > 0.95
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_flow_end_to_end(tmp_path: Path) -> None:
+    overrides = [
+        f"paths.home={tmp_path}",
+        "features.n_customers=2500",
+        "model=churn",
+        "model.churn.settings.iterations=150",
+        "model.churn.settings.bootstrap_resamples=30",
+    ]
+    cfg = load("retrain", overrides)
+    first = retrain(cfg)["churn"]  # empty home: materializes first
+    assert (first["version"], first["semver"], first["alias"]) == ("1", "1.0.0", "champion")
+    assert Path(first["report"]).is_file()
+    assert Path(first["report"]).is_relative_to(tmp_path / "reports")
+    second = retrain(cfg)["churn"]
+    assert (second["semver"], second["alias"]) == ("1.0.1", "champion")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_refuses_stale_features(tmp_path: Path) -> None:
+    cfg = load(
+        "retrain",
+        [
+            f"paths.home={tmp_path}",
+            "features.n_customers=300",
+            "features.warehouse.delay_hours=96",
+        ],
+    )
+    with pytest.raises(StaleFeaturesError, match=r"customer_profile is late \(age 9[0-9]\.\d h"):
+        retrain(cfg)
+    assert not (tmp_path / "mlflow").exists(), "nothing is trained or registered"
+
+
+def test_notebook_runs(tmp_path: Path) -> None:
+    notebook = nbformat.read(ROOT / "notebooks" / "churn.ipynb", as_version=4)
+    os.environ["MLINFRA_NOTEBOOK_CUSTOMERS"] = "2500"
+    os.environ["MLINFRA_NOTEBOOK_HOME"] = str(tmp_path)
+    try:
+        NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+    finally:
+        del os.environ["MLINFRA_NOTEBOOK_CUSTOMERS"], os.environ["MLINFRA_NOTEBOOK_HOME"]
+    outputs = "".join(
+        o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "churn_v2 ROC-AUC" in outputs
