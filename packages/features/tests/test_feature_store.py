@@ -290,3 +290,26 @@ def test_window_end_before_start_writes_nothing(
         materialize(store, ["no_such_view"], as_of - timedelta(days=1), as_of)
     assert online_rows(store) == before
     assert len(Ledger(store.ledger_path).runs()) == runs
+
+
+def test_freshness_cli_prints_a_table_and_json(
+    store: FeatureStoreSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from mlinfra_features.cli import main
+
+    status = main(["--home", str(store.home), "freshness", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert {r["feature_view"] for r in report} == set(VIEWS)
+    for row in report:
+        assert {"feature_view", "state", "age_seconds", "sla_seconds"} <= row.keys()
+        assert row["sla_seconds"] == 172800
+    # the session's demo ends on a fixed date, so by now its views are late: exit status 1
+    assert status == (0 if all(r["state"] == "fresh" for r in report) else 1)
+    main(["--home", str(store.home), "freshness"])
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:2] == ["feature_view", "state"]
+    assert "customer_logins" in table
+    main(["--home", str(store.home), "runs", "--view", "customer_logins"])
+    assert "success" in capsys.readouterr().out
