@@ -100,8 +100,10 @@ def test_failed_run_keeps_the_watermark_and_the_next_run_covers_the_gap(
     assert ledger.watermark(view) == t1
 
     path.write_bytes(good)
+    newest = ledger.newest_event(view)
+    assert newest is not None and newest <= t1
     (run,) = materialize_incremental(settings, [view], end=t3 + timedelta(seconds=1))
-    assert run.window_start == t1, "the incremental run must start at the watermark"
+    assert run.window_start == newest, "the run starts at the newest materialized event"
     assert ledger.watermark(view) == t3 + timedelta(seconds=1)
     # the online store now holds the newest snapshot of every customer in the whole span
     latest = (
@@ -313,3 +315,21 @@ def test_freshness_cli_prints_a_table_and_json(
     assert "customer_logins" in table
     main(["--home", str(store.home), "runs", "--view", "customer_logins"])
     assert "success" in capsys.readouterr().out
+
+
+def test_rows_that_arrive_late_are_still_materialized(
+    tmp_path: Path, tables: dict[str, pl.DataFrame], as_of: datetime
+) -> None:
+    """The upstream job runs late: its rows are stamped before the last window's end."""
+    settings = FeatureStoreSettings(home=tmp_path / "home")
+    view = "customer_logins"
+    cut = as_of - timedelta(days=10)
+    early = {**tables, view: tables[view].filter(pl.col("event_timestamp") <= cut)}
+    write_feature_tables(settings, early)
+    apply_repo(settings)
+    materialize_incremental(settings, [view], end=as_of)  # data only reaches `cut`
+    write_feature_tables(settings, {view: tables[view]})  # the late rows land
+    (run,) = materialize_incremental(settings, [view], end=as_of + timedelta(seconds=1))
+    assert run.window_start <= cut
+    (state,) = freshness(settings, [view], now=as_of)
+    assert state.newest_event_timestamp == tables[view]["event_timestamp"].max()

@@ -4,7 +4,9 @@ Each run is inserted as ``running`` before Feast is called and finished as ``suc
 rows it materialized and the newest event timestamp it moved) or ``failed`` (with the error).
 The *watermark* of a view is the end of the contiguous span covered by successful runs starting
 from the earliest one, so a failed run never advances it and a later successful run beyond a gap
-does not hide the gap: the next incremental run starts at the watermark and covers it.
+does not hide the gap. Incremental runs start at the earlier of the watermark and the newest
+event timestamp actually materialized, so rows that an upstream job delivers late, stamped
+before the last window's end, are still picked up.
 """
 
 from __future__ import annotations
@@ -133,6 +135,17 @@ class Ledger:
             )
             for r in rows
         ]
+
+    def newest_event(self, view: str) -> datetime | None:
+        """The newest event timestamp any successful run of ``view`` moved to the online store."""
+        return max(
+            (
+                r.max_event_timestamp
+                for r in self.runs(view)
+                if r.status == "success" and r.max_event_timestamp
+            ),
+            default=None,
+        )
 
     def watermark(self, view: str) -> datetime | None:
         """End of the contiguous span of successful runs from the earliest one; None if none."""

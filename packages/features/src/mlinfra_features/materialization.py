@@ -111,14 +111,26 @@ def materialize_incremental(
     views: Sequence[str] | None = None,
     end: datetime | None = None,
 ) -> list[MaterializationRun]:
-    """Materialize each view from its watermark (or ``end - ttl`` the first time) to ``end``."""
+    """Materialize each view from its watermark to ``end`` (``end - ttl`` the first time).
+
+    The start is the earlier of the ledger's watermark and the newest event timestamp already
+    materialized, so late-arriving rows are covered; re-covering a span is idempotent.
+    """
     names = _check_views(views)
     end = _check_time("end", end or datetime.now(UTC))
     ledger = Ledger(settings.ledger_path)
     starts = {}
     for name in names:
-        watermark = ledger.watermark(name)
-        starts[name] = watermark if watermark is not None else end - VIEWS[name].ttl
+        # Start at the watermark, or earlier at the newest event already materialized: rows
+        # that arrive late (stamped before the last window's end) must not be skipped.
+        # When successful runs moved no rows yet, start again where the first one started.
+        watermark, newest = ledger.watermark(name), ledger.newest_event(name)
+        if watermark is None:
+            starts[name] = end - VIEWS[name].ttl
+        elif newest is None:
+            starts[name] = min(r.window_start for r in ledger.runs(name) if r.status == "success")
+        else:
+            starts[name] = min(watermark, newest)
         if starts[name] >= end:
             raise ValueError(
                 f"materialization window end {end} precedes or equals the watermark "
