@@ -85,8 +85,11 @@ def materialize_online(features_cfg: dict[str, Any], end: str) -> list[dict[str,
 
 
 @flow(name="materialize", log_prints=True)
-def materialize(cfg: dict[str, Any]) -> dict[str, Any]:
+def materialize(
+    cfg: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Refresh sources, rebuild the offline store and materialize the online store."""
+    cfg = cfg if cfg is not None else load("materialize", overrides)
     features_cfg = cfg["features"]
     root = prepare_sources(features_cfg)
     offline = build_offline_store(features_cfg, root)

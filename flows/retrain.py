@@ -24,15 +24,11 @@ from mlinfra_features import (
     VIEWS,
     FeatureStoreSettings,
     Warehouse,
-    freshness,
     service_views,
     training_set,
 )
 from mlinfra_models import ChurnSettings, churn_labels, config_hash, retrain_churn
-
-
-class StaleFeaturesError(RuntimeError):
-    """A feature view the model needs is not fresh: training on it is refused."""
+from mlinfra_ops import LogSink, WaitPolicy, wait_for_fresh_features
 
 
 def git_revision() -> str:
@@ -59,27 +55,16 @@ def platform_ready(store: FeatureStoreSettings) -> bool:
 
 
 @task
-def check_freshness(store_cfg: dict[str, Any], services: list[str]) -> dict[str, str]:
-    """Refuse stale features: every view the services read must be fresh."""
-    store: FeatureStoreSettings = build(store_cfg)
+def wait_for_features(cfg: dict[str, Any], model: str, services: list[str]) -> dict[str, str]:
+    """Wait (per the model's policy) until every view the model reads is fresh; never train on
+    stale data. One "features late" alert per wait; a clear failure if they never land."""
+    store: FeatureStoreSettings = build(cfg["features"]["store"])
+    policy: WaitPolicy = build(cfg["model"][model]["freshness"])
     views = sorted({v for s in services for v in service_views(s)})
-    report = freshness(store, views)
-    stale = [v for v in report if v.state not in ("fresh", "failed")]
-    if stale:
-        details = "; ".join(
-            f"{v.feature_view} is {v.state}"
-            + (
-                f" (age {v.age_seconds / 3600:.1f} h, SLA {v.sla_seconds / 3600:.0f} h, late by "
-                f"{(v.late_by_seconds or 0) / 3600:.1f} h)"
-                if v.age_seconds is not None
-                else ""
-            )
-            for v in stale
-        )
-        raise StaleFeaturesError(
-            f"refusing to train on stale features: {details}. Run `python -m flows.materialize` "
-            "(with features.refresh=always for the demo) and retrain."
-        )
+    logger = get_run_logger()
+    report = wait_for_fresh_features(
+        store, views, policy, job=f"retrain {model}", sinks=[LogSink(store.home)], log=logger.info
+    )
     return {v.feature_view: v.state for v in report}
 
 
@@ -135,8 +120,11 @@ TRAINERS = {
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(cfg: dict[str, Any]) -> dict[str, Any]:
+def retrain(
+    cfg: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Retrain every selected model kind (all by default)."""
+    cfg = cfg if cfg is not None else load("retrain", overrides)
     store: FeatureStoreSettings = build(cfg["features"]["store"])
     if not platform_ready(store):
         print(f"platform home {store.home} has no feature store yet: running materialize first")
@@ -147,7 +135,7 @@ def retrain(cfg: dict[str, Any]) -> dict[str, Any]:
     results = {}
     for name in cfg["model"]["selected"]:
         trainer, services = TRAINERS[name]
-        check_freshness(cfg["features"]["store"], services(cfg))
+        wait_for_features(cfg, name, services(cfg))
         results[name] = trainer(cfg)
         print(
             f"{name}: version {results[name]['version']} ({results[name]['semver']}) -> "

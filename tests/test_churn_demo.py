@@ -4,6 +4,7 @@ the notebook end to end."""
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 from flows.config import load
-from flows.retrain import StaleFeaturesError, retrain
+from flows.retrain import retrain
 from mlinfra_features import (
     DemoWarehouseSettings,
     FeatureStoreSettings,
@@ -35,6 +36,7 @@ from mlinfra_models import (
     time_split,
     train_churn,
 )
+from mlinfra_ops import FeaturesLateError, read_alert_log
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ChurnSettings(iterations=250, thread_count=2, bootstrap_resamples=50)
@@ -134,9 +136,11 @@ def test_retrain_refuses_stale_features(tmp_path: Path) -> None:
             "features.warehouse.delay_hours=96",
         ],
     )
-    with pytest.raises(StaleFeaturesError, match=r"customer_profile is late \(age 9[0-9]\.\d h"):
+    with pytest.raises(FeaturesLateError, match=r"customer_profile is late: age 4 days, .*late by"):
         retrain(cfg)
     assert not (tmp_path / "mlflow").exists(), "nothing is trained or registered"
+    alerts = read_alert_log(tmp_path)
+    assert [a["kind"] for a in alerts] == ["features_late"]
 
 
 def test_notebook_runs(tmp_path: Path) -> None:
@@ -151,3 +155,33 @@ def test_notebook_runs(tmp_path: Path) -> None:
         o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
     )
     assert "churn_v2 ROC-AUC" in outputs
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_waits_for_late_features_and_continues_by_itself(tmp_path: Path) -> None:
+    """The Sunday incident: the feature job is late; the retrain waits, alerts once, and trains
+    as soon as materialization lands, with no retrigger."""
+    from flows.materialize import materialize
+
+    overrides = [
+        f"paths.home={tmp_path}",
+        "features.n_customers=1500",
+        "model=churn",
+        "model.churn.settings.iterations=100",
+        "model.churn.settings.bootstrap_resamples=20",
+        "model.churn.settings.ablation=[]",
+        "model.churn.freshness.max_wait_s=300",
+        "model.churn.freshness.initial_poll_s=1",
+        "model.churn.freshness.max_poll_s=4",
+    ]
+    materialize(load("materialize", [*overrides[:2], "features.warehouse.delay_hours=72"]))
+    on_time = load("materialize", [*overrides[:2], "features.refresh=always"])
+    late_job = threading.Timer(4.0, materialize, args=(on_time,))
+    late_job.start()
+    try:
+        result = retrain(load("retrain", overrides))["churn"]
+    finally:
+        late_job.join()
+    assert result["alias"] == "champion"
+    kinds = [a["kind"] for a in read_alert_log(tmp_path)]
+    assert kinds == ["features_late", "features_fresh"]

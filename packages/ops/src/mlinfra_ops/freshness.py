@@ -1,0 +1,125 @@
+"""Waiting for fresh features: alert once when a view is late, poll with backoff, go on by
+itself when materialization lands, and fail clearly when it never does.
+
+This is what keeps a scheduled retrain from training on stale data and from needing a manual
+retrigger when the feature job runs late.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from mlinfra_features import FeatureStoreSettings, ViewFreshness, freshness
+from mlinfra_ops.alerts import Alert, AlertSink, LogSink, send_alert
+
+__all__ = ["FeaturesLateError", "WaitPolicy", "wait_for_fresh_features"]
+
+#: States whose data may be trained on (``failed``: the last run failed but data is within SLA).
+USABLE = frozenset({"fresh", "failed"})
+
+
+class FeaturesLateError(RuntimeError):
+    """Features did not become fresh within the wait; names the views and how late they are."""
+
+    def __init__(self, message: str, late: Sequence[ViewFreshness]) -> None:
+        super().__init__(message)
+        self.late = list(late)
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How long to wait for late features and how often to look again."""
+
+    max_wait_s: float = 0.0
+    initial_poll_s: float = 30.0
+    max_poll_s: float = 900.0
+    backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_wait_s < 0:
+            raise ValueError(f"max_wait_s must not be negative, got {self.max_wait_s}")
+        if self.initial_poll_s <= 0 or self.max_poll_s < self.initial_poll_s:
+            raise ValueError(
+                "poll intervals must satisfy 0 < initial_poll_s <= max_poll_s, got "
+                f"{self.initial_poll_s} and {self.max_poll_s}"
+            )
+        if self.backoff < 1:
+            raise ValueError(f"backoff must be at least 1, got {self.backoff}")
+
+
+def _describe(view: ViewFreshness) -> str:
+    if view.age_seconds is None:
+        return f"{view.feature_view} is {view.state} (never materialized)"
+    late_by = timedelta(seconds=round(view.late_by_seconds or 0))
+    age = timedelta(seconds=round(view.age_seconds))
+    sla = timedelta(seconds=round(view.sla_seconds))
+    return f"{view.feature_view} is {view.state}: age {age}, SLA {sla}, late by {late_by}"
+
+
+def wait_for_fresh_features(
+    store: FeatureStoreSettings,
+    views: Sequence[str],
+    policy: WaitPolicy,
+    *,
+    job: str,
+    sinks: Sequence[AlertSink] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    log: Callable[[str], None] = print,
+) -> list[ViewFreshness]:
+    """Return the views' freshness once all are usable; raise :class:`FeaturesLateError` after
+    ``policy.max_wait_s``. One ``features_late`` alert per wait, one ``features_fresh`` when the
+    views recover after it."""
+    sinks = list(sinks) if sinks is not None else [LogSink(Path(store.home))]
+    started = clock()
+    poll = policy.initial_poll_s
+    alerted = False
+    while True:
+        report = freshness(store, views)
+        late = [v for v in report if v.state not in USABLE]
+        if not late:
+            if alerted:
+                send_alert(
+                    Alert(
+                        kind="features_fresh",
+                        subject=",".join(views),
+                        message=f"features for {job} are fresh again after "
+                        f"{clock() - started:.0f} s; {job} continues",
+                        severity="info",
+                        facts={"job": job, "waited_s": clock() - started},
+                    ),
+                    sinks,
+                )
+            return report
+        waited = clock() - started
+        details = "; ".join(_describe(v) for v in late)
+        if not alerted:
+            send_alert(
+                Alert(
+                    kind="features_late",
+                    subject=",".join(v.feature_view for v in late),
+                    message=f"{job} is waiting for late features (up to {policy.max_wait_s:.0f} s):"
+                    f" {details}",
+                    facts={
+                        "job": job,
+                        "views": {v.feature_view: v.as_json() for v in late},
+                        "max_wait_s": policy.max_wait_s,
+                    },
+                ),
+                sinks,
+            )
+            alerted = True
+        if waited >= policy.max_wait_s:
+            raise FeaturesLateError(
+                f"{job} gave up after waiting {waited:.0f} s for late features "
+                f"(max_wait {policy.max_wait_s:.0f} s): {details}. Nothing was trained.",
+                late,
+            )
+        pause = min(poll, policy.max_wait_s - waited)
+        log(f"{job}: features late ({details}); checking again in {pause:.0f} s")
+        sleep(pause)
+        poll = min(poll * policy.backoff, policy.max_poll_s)

@@ -1,0 +1,94 @@
+"""Waiting for late features against a real Feast store whose demo data is held back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mlinfra_features import (
+    DemoWarehouseSettings,
+    FeatureStoreSettings,
+    apply_repo,
+    feature_tables,
+    generate_demo_warehouse,
+    materialize_incremental,
+    write_feature_tables,
+)
+from mlinfra_ops import FeaturesLateError, WaitPolicy, read_alert_log, wait_for_fresh_features
+
+VIEWS = ["customer_logins", "account_activity_daily"]
+
+
+def publish(home: Path, delay_hours: float) -> FeatureStoreSettings:
+    """Generate the demo as of now (holding back ``delay_hours``) and materialize it."""
+    settings = FeatureStoreSettings(home=home)
+    warehouse = generate_demo_warehouse(
+        DemoWarehouseSettings(n_customers=200, delay_hours=delay_hours), home / "warehouse"
+    )
+    write_feature_tables(settings, feature_tables(warehouse))
+    apply_repo(settings)
+    materialize_incremental(settings, end=datetime.now(UTC))
+    return settings
+
+
+def test_waits_alerts_once_and_continues_when_materialization_lands(tmp_path: Path) -> None:
+    store = publish(tmp_path, delay_hours=72)
+    landed = threading.Timer(3.0, publish, args=(tmp_path, 0.0))
+    landed.start()
+    started = time.monotonic()
+    try:
+        report = wait_for_fresh_features(
+            store,
+            VIEWS,
+            WaitPolicy(max_wait_s=120, initial_poll_s=0.5, max_poll_s=2),
+            job="retrain test",
+            log=lambda _: None,
+        )
+    finally:
+        landed.join()
+    assert time.monotonic() - started >= 3.0, "it must have waited for the late job"
+    assert {v.state for v in report} == {"fresh"}
+    kinds = [a["kind"] for a in read_alert_log(tmp_path)]
+    assert kinds == ["features_late", "features_fresh"], "one alert per incident, then recovery"
+    late = read_alert_log(tmp_path)[0]
+    assert "customer_logins" in late["subject"] and "late by" in late["message"]
+
+
+def test_never_lands_fails_naming_the_view_and_how_late(tmp_path: Path) -> None:
+    store = publish(tmp_path, delay_hours=72)
+    sleeps: list[float] = []
+    clock = iter(range(0, 10_000, 7))
+    with pytest.raises(
+        FeaturesLateError, match=r"customer_logins is late: age 3 days.*late by 1 day"
+    ) as err:
+        wait_for_fresh_features(
+            store,
+            VIEWS,
+            WaitPolicy(max_wait_s=60, initial_poll_s=5, max_poll_s=40),
+            job="retrain test",
+            sleep=sleeps.append,
+            clock=lambda: float(next(clock)),
+            log=lambda _: None,
+        )
+    assert {v.feature_view for v in err.value.late} == set(VIEWS)
+    assert sleeps == [5, 10, 20, 25 - 7 * 0] or sleeps[:3] == [5, 10, 20]
+    assert [a["kind"] for a in read_alert_log(tmp_path)] == ["features_late"]
+
+
+def test_bad_policy_is_named() -> None:
+    with pytest.raises(ValueError, match="max_wait_s"):
+        WaitPolicy(max_wait_s=-1)
+    with pytest.raises(ValueError, match="initial_poll_s"):
+        WaitPolicy(initial_poll_s=10, max_poll_s=1)
+
+
+def test_fresh_views_return_at_once(tmp_path: Path) -> None:
+    store = publish(tmp_path, delay_hours=0)
+    report = wait_for_fresh_features(store, VIEWS, WaitPolicy(), job="x", log=lambda _: None)
+    assert {v.state for v in report} == {"fresh"}
+    assert read_alert_log(tmp_path) == []
+    assert timedelta(seconds=report[0].sla_seconds) == timedelta(days=2)
