@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -65,7 +66,10 @@ def mlflow_client(settings: RegistrySettings) -> Any:
     """Point MLflow at the settings' store (creating the local one) and return a client.
 
     An unreachable tracking server is reported at once with the URI, not after retries.
+    MLflow's usage telemetry is turned off unless the caller set it: no network but the
+    tracking server.
     """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     if settings.tracking_uri and settings.tracking_uri.startswith(("http://", "https://")):

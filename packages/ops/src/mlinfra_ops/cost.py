@@ -199,6 +199,7 @@ def record_training_cost(
 
     ``tracking_uri`` defaults to MLflow's current tracking URI.
     """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network but registries
     import mlflow
     from mlflow.entities import Metric, RunTag
 
@@ -233,6 +234,7 @@ class MonthlySpend:
 
 def monthly_spend(tracking_uri: str) -> list[MonthlySpend]:
     """Sum ``cost_usd`` of every run (all experiments) by calendar month of its start time."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network but registries
     import mlflow
     from mlflow.entities import ViewType
 
