@@ -1,8 +1,22 @@
 """mlinfra-models: models, shared evaluation and the MLflow registry.
 
+torch and Ray are imported only inside the anomaly detector's functions, so the churn path
+never loads them.
+
 Plain Python on Polars frames: no Feast, no Prefect, no Hydra.
 """
 
+from mlinfra_models.anomaly import (
+    ANOMALY_FEATURES,
+    AnomalyEvaluation,
+    AnomalyModel,
+    AnomalySettings,
+    TrainingStopped,
+    evaluate_anomaly,
+    latest_checkpoint,
+    train_anomaly,
+    train_loop_per_worker,
+)
 from mlinfra_models.churn import (
     CHURN_LABEL,
     ChurnModel,
@@ -41,9 +55,13 @@ from mlinfra_models.retraining import (
 )
 
 __all__ = [
+    "ANOMALY_FEATURES",
     "CHALLENGER",
     "CHAMPION",
     "CHURN_LABEL",
+    "AnomalyEvaluation",
+    "AnomalyModel",
+    "AnomalySettings",
     "BinaryEvaluation",
     "ChurnModel",
     "ChurnSettings",
@@ -57,17 +75,22 @@ __all__ = [
     "RegistrySettings",
     "RetrainResult",
     "TimeSplit",
+    "TrainingStopped",
     "champion",
     "churn_labels",
     "compare",
     "config_hash",
+    "evaluate_anomaly",
     "evaluate_binary",
     "gate",
+    "latest_checkpoint",
     "lift_top_decile",
     "mlflow_client",
     "retrain_churn",
     "semantic_version",
     "time_split",
+    "train_anomaly",
     "train_churn",
+    "train_loop_per_worker",
     "write_report",
 ]
