@@ -233,6 +233,13 @@ def retrain_churn(
         Path(report_dir) / f"churn-{stamp}.html",
     )
 
+    # What the run and the registered version both carry.
+    lineage = {
+        "feature_service": settings.feature_service,
+        "data_window": data_window,
+        "semver": semver,
+        **dict(tags or {}),
+    }
     run_id = _log_run(
         model,
         evaluation_rows=split.evaluation,
@@ -242,13 +249,7 @@ def retrain_churn(
         ablation=ablation,
         settings=settings,
         report_path=report_path,
-        tags={
-            "model_name": MODEL_NAME,
-            "feature_service": settings.feature_service,
-            "data_window": data_window,
-            "semver": semver,
-            **dict(tags or {}),
-        },
+        tags={"model_name": MODEL_NAME, **lineage},
     )
     version = register(
         client,
@@ -256,12 +257,9 @@ def retrain_churn(
         run_id,
         "model",
         tags={
-            "semver": semver,
+            **lineage,
             "contract": contract.to_json(),
-            "feature_service": settings.feature_service,
-            "data_window": data_window,
             "roc_auc": f"{evaluation.metrics['roc_auc'].value:.6f}",
-            **dict(tags or {}),
         },
     )
     alias = promote(client, MODEL_NAME, version, decision)
