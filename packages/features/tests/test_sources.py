@@ -115,3 +115,18 @@ def test_bad_settings_name_the_setting() -> None:
 def test_as_of_defaults_to_now() -> None:
     resolved = DemoWarehouseSettings().resolved_as_of()
     assert abs((datetime.now(UTC) - resolved).total_seconds()) < 5
+
+
+def test_block_size_does_not_change_the_tables(
+    as_of: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large draws are taken in customer blocks; the blocks must not change a single number."""
+    from mlinfra_features import sources
+
+    settings = DemoWarehouseSettings(n_customers=700, as_of=as_of, anomaly_rate=0.05)
+    whole = demo_tables(settings)
+    monkeypatch.setattr(sources, "_BLOCK_CUSTOMERS", 97)
+    blocked = demo_tables(settings)
+    assert whole["anomaly_truth"].height > 0
+    for name in whole:
+        assert whole[name].equals(blocked[name]), name

@@ -53,10 +53,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -127,6 +128,8 @@ _MAY_BE_EMPTY = frozenset({"churn_events", "anomaly_truth", "event_annotations"}
 _MANIFEST = "_manifest.json"
 _WEEK = np.timedelta64(7, "D").astype("timedelta64[us]")
 _DAY = np.timedelta64(1, "D").astype("timedelta64[us]")
+#: Customers per block where the generator works through customers in blocks (memory).
+_BLOCK_CUSTOMERS = 50_000
 
 
 class SourceError(ValueError):
@@ -269,17 +272,21 @@ class _Timeline:
 def generate_demo_warehouse(settings: DemoWarehouseSettings, root: Path) -> Warehouse:
     """Generate the demo warehouse into ``root`` and return it.
 
-    Each table is written atomically; the manifest (seed, size, ``as_of``, ``data_end``, row
-    counts) is written last, so a warehouse with a manifest is complete.
+    Each table is written atomically as soon as it is generated, and dropped before the next
+    one is made, so that memory holds about one large table at a time; the manifest (seed,
+    size, ``as_of``, ``data_end``, row counts) is written last, so a warehouse with a manifest
+    is complete.
     """
     settings.validate()
     as_of = settings.resolved_as_of()
-    tables = demo_tables(settings)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / _MANIFEST).unlink(missing_ok=True)
-    for name, frame in tables.items():
+    rows: dict[str, int] = {}
+    for name, frame in _generate_tables(settings):
         write_parquet_atomic(frame, root / f"{name}.parquet")
+        rows[name] = frame.height
+        del frame  # before the next table is generated
     settings_dict = asdict(settings) | {"as_of": as_of.isoformat()}
     _write_json_atomic(
         {
@@ -287,7 +294,7 @@ def generate_demo_warehouse(settings: DemoWarehouseSettings, root: Path) -> Ware
             "settings": settings_dict,
             "as_of": as_of.isoformat(),
             "data_end": (as_of - settings.delay).isoformat(),
-            "rows": {name: frame.height for name, frame in tables.items()},
+            "rows": {name: rows[name] for name in SCHEMAS},
         },
         root / _MANIFEST,
     )
@@ -296,25 +303,60 @@ def generate_demo_warehouse(settings: DemoWarehouseSettings, root: Path) -> Ware
 
 def demo_tables(settings: DemoWarehouseSettings) -> dict[str, pl.DataFrame]:
     """Generate every demo table in memory (see the module docstring for the process)."""
+    tables = dict(_generate_tables(settings))
+    return {name: tables[name] for name in SCHEMAS}
+
+
+def _generate_tables(settings: DemoWarehouseSettings) -> Iterator[tuple[str, pl.DataFrame]]:
+    """Generate the demo tables one at a time, in the order the random draws need them.
+
+    Each table is final (cut at ``as_of - delay`` and cast to :data:`SCHEMAS`) when yielded, and
+    this generator keeps no reference to it, so a consumer that drops it frees it.
+    """
     settings.validate()
     as_of = settings.resolved_as_of()
     rng = np.random.default_rng(settings.seed)
     end = np.datetime64(as_of.replace(tzinfo=None), "us")
     timeline = _Timeline(start=end - settings.history_weeks * _WEEK, end=end)
+    cutoff = end - np.timedelta64(int(settings.delay.total_seconds() * 1e6), "us")
+    cut = pl.lit(cutoff).dt.replace_time_zone("UTC")
+    cut_day = (cutoff - _DAY).astype("datetime64[D]")  # last complete day before the cutoff
+
+    def final(
+        name: str, frame: pl.DataFrame, keep: pl.Expr | None = None
+    ) -> tuple[str, pl.DataFrame]:
+        if keep is not None:
+            frame = frame.filter(keep)
+        return name, frame.select([pl.col(c).cast(t) for c, t in SCHEMAS[name].items()])
+
     customers = _customers(rng, settings.n_customers, end)
     sim = _simulate_engagement(rng, customers, timeline)
     logins = _weekly_events_to_rows(
-        rng, sim["login_counts"], customers["signup_at"], sim["churned_at"], timeline
+        rng, sim.pop("login_counts"), customers["signup_at"], sim["churned_at"], timeline
     )
+    daily_logins = _daily_counts(logins, settings.n_customers, end, settings.activity_days)
+    login_table = final("logins", logins, pl.col("timestamp") <= cut)
+    del logins
+    yield login_table
+    del login_table
+
     ticket_rows = _weekly_events_to_rows(
-        rng, sim["ticket_counts"], customers["signup_at"], sim["churned_at"], timeline
+        rng, sim.pop("ticket_counts"), customers["signup_at"], sim["churned_at"], timeline
     )
     tickets = _ticket_attributes(rng, ticket_rows, sim, timeline)
-    activity, truth = _account_activity(
-        rng, customers, sim, logins, timeline=timeline, settings=settings
-    )
+    del ticket_rows
+    yield final("support_tickets", tickets, pl.col("opened_at") <= cut)
+    del tickets
 
-    cutoff = end - np.timedelta64(int(settings.delay.total_seconds() * 1e6), "us")
+    activity, truth = _account_activity(
+        rng, customers, sim, daily_logins, timeline=timeline, settings=settings, cut_day=cut_day
+    )
+    del daily_logins
+    yield final("account_activity", activity)  # cut at cut_day
+    del activity
+    yield final("anomaly_truth", truth)
+    del truth
+
     customers_df = pl.DataFrame(
         {
             "customer_id": customers["customer_id"],
@@ -330,6 +372,8 @@ def demo_tables(settings: DemoWarehouseSettings) -> dict[str, pl.DataFrame]:
     churn_df = pl.DataFrame(
         {"customer_id": customers["customer_id"][churn_mask], "churned_at": churned[churn_mask]}
     ).with_columns(pl.col("churned_at").dt.replace_time_zone("UTC"))
+    yield final("customers", customers_df.sort("customer_id"), pl.col("signup_at") <= cut)
+    yield final("churn_events", churn_df.sort("customer_id"), pl.col("churned_at") <= cut)
 
     window_start = datetime.fromisoformat(str(timeline.start)).replace(tzinfo=UTC)
     n_events = max(24, round(settings.n_customers * settings.events_per_customer))
@@ -341,24 +385,11 @@ def demo_tables(settings: DemoWarehouseSettings) -> dict[str, pl.DataFrame]:
         n_events=n_events,
         n_annotated=settings.n_annotated_events,
     )
-
-    cut = pl.lit(cutoff).dt.replace_time_zone("UTC")
-    cut_day = (cutoff - _DAY).astype("datetime64[D]")  # last complete day before the cutoff
-    tables = {
-        "customers": customers_df.filter(pl.col("signup_at") <= cut).sort("customer_id"),
-        "logins": logins.filter(pl.col("timestamp") <= cut),
-        "support_tickets": tickets.filter(pl.col("opened_at") <= cut),
-        "churn_events": churn_df.filter(pl.col("churned_at") <= cut).sort("customer_id"),
-        "account_activity": activity.filter(pl.col("day") <= cut_day),
-        "anomaly_truth": truth.filter(pl.col("day") <= cut_day),
-        "product_events": events.filter(pl.col("event_timestamp") <= cut),
-    }
-    kept_events = tables["product_events"].select("event_id")
-    tables["event_annotations"] = annotations.join(kept_events, on="event_id", how="semi")
-    return {
-        name: frame.select([pl.col(c).cast(t) for c, t in SCHEMAS[name].items()])
-        for name, frame in tables.items()
-    }
+    name, events = final("product_events", events, pl.col("event_timestamp") <= cut)
+    yield name, events
+    kept = events.select("event_id")
+    del events
+    yield final("event_annotations", annotations.join(kept, on="event_id", how="semi"))
 
 
 _PLANS = np.array(["basic", "pro", "enterprise"])
@@ -469,6 +500,11 @@ def _simulate_engagement(
     }
 
 
+def _blocks(n: int) -> list[slice]:
+    """Consecutive customer (row) blocks of at most :data:`_BLOCK_CUSTOMERS`."""
+    return [slice(a, min(a + _BLOCK_CUSTOMERS, n)) for a in range(0, n, _BLOCK_CUSTOMERS)]
+
+
 def _weekly_events_to_rows(
     rng: np.random.Generator,
     counts: np.ndarray,
@@ -476,22 +512,60 @@ def _weekly_events_to_rows(
     churned_at: np.ndarray,
     timeline: _Timeline,
 ) -> pl.DataFrame:
-    """Spread weekly counts uniformly over the part of each week the customer was active."""
-    flat = counts.ravel()
-    nz = np.flatnonzero(flat)
-    reps = flat[nz]
-    cust_idx, week_idx = np.divmod(np.repeat(nz, reps), counts.shape[1])
-    week_start = timeline.weeks[week_idx]
-    lo = np.maximum(week_start, signup[cust_idx])
-    churn = churned_at[cust_idx]
-    hi = np.where(np.isnat(churn), week_start + _WEEK, np.minimum(week_start + _WEEK, churn))
-    hi = np.maximum(hi, lo)
-    span = (hi - lo).astype(np.int64)
-    ts = lo + (rng.random(cust_idx.size) * span).astype("timedelta64[us]")
-    order = np.lexsort((ts, cust_idx))
-    return pl.DataFrame(
-        {"customer_id": (cust_idx[order] + 1).astype(np.int64), "timestamp": ts[order]}
-    ).with_columns(pl.col("timestamp").dt.replace_time_zone("UTC"))
+    """Spread weekly counts uniformly over the part of each week the customer was active.
+
+    Rows are sorted by customer, then time. Customers are processed in blocks: one uniform draw
+    per event, in customer-major order, which is the order of a single draw for all of them.
+    """
+    total = int(counts.sum(dtype=np.int64))
+    customer_id = np.empty(total, dtype=np.int64)
+    timestamp = np.empty(total, dtype="datetime64[us]")
+    filled = 0
+    for rows in _blocks(counts.shape[0]):
+        flat = counts[rows].ravel()
+        nz = np.flatnonzero(flat)
+        cust_idx, week_idx = np.divmod(np.repeat(nz, flat[nz]), counts.shape[1])
+        cust_idx += rows.start
+        week_start = timeline.weeks[week_idx]
+        lo = np.maximum(week_start, signup[cust_idx])
+        churn = churned_at[cust_idx]
+        hi = np.where(np.isnat(churn), week_start + _WEEK, np.minimum(week_start + _WEEK, churn))
+        hi = np.maximum(hi, lo)
+        span = (hi - lo).astype(np.int64)
+        ts = lo + (rng.random(cust_idx.size) * span).astype("timedelta64[us]")
+        order = np.lexsort((ts, cust_idx))
+        block = slice(filled, filled + cust_idx.size)
+        customer_id[block] = cust_idx[order] + 1
+        timestamp[block] = ts[order]
+        filled = block.stop
+    return pl.DataFrame({"customer_id": customer_id, "timestamp": timestamp}).with_columns(
+        pl.col("timestamp").dt.replace_time_zone("UTC")
+    )
+
+
+def _daily_counts(
+    events: pl.DataFrame, n_customers: int, end: np.datetime64, n_days: int
+) -> np.ndarray:
+    """Events per customer and day over the ``n_days`` days before ``end``: ``(n, n_days)``.
+
+    ``events`` (``customer_id`` 1..n, ``timestamp``) must be sorted by customer.
+    """
+    first = (end - n_days * _DAY).astype("datetime64[D]").astype("datetime64[us]")
+    customer = events["customer_id"].to_numpy()
+    timestamp = events["timestamp"].to_numpy()  # UTC wall time, as datetime64[us]
+    counts = np.zeros((n_customers, n_days), dtype=np.int32)
+    for rows in _blocks(n_customers):
+        lo, hi = np.searchsorted(customer, [rows.start + 1, rows.stop + 1])
+        ts = timestamp[lo:hi]
+        recent = ts >= first
+        day = ((ts[recent] - first) // _DAY).astype(np.int64)
+        local = customer[lo:hi][recent] - 1 - rows.start
+        keep = day < n_days
+        size = rows.stop - rows.start
+        counts[rows] = np.bincount(
+            local[keep] * n_days + day[keep], minlength=size * n_days
+        ).reshape(size, n_days)
+    return counts
 
 
 _SEVERITIES = np.array(["low", "medium", "high"])
@@ -517,100 +591,185 @@ def _ticket_attributes(
     )
 
 
+class _BlockDraws:
+    """One dense ``(n_customers, days)`` random draw, taken in customer blocks and redrawable.
+
+    NumPy fills an array draw element by element in C order, so drawing rows ``[0, a)``, then
+    ``[a, b)``, and so on, consumes the generator exactly as one draw of all rows does, and
+    gives the same numbers. :meth:`draw` takes the next block from the shared generator and
+    records the generator's state before it; :meth:`redraw` gives block ``i`` again from that
+    state, without touching the shared generator. So a later step can use a block of this draw
+    without the whole matrix ever being held, and the random stream stays that of the
+    whole-matrix draws, in their order.
+    """
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._states: list[Mapping[str, Any]] = []
+
+    def draw(self, sample: Callable[[np.random.Generator], np.ndarray]) -> None:
+        self._states.append(self._rng.bit_generator.state)
+        sample(self._rng)
+
+    def redraw(self, i: int, sample: Callable[[np.random.Generator], np.ndarray]) -> np.ndarray:
+        bit_generator = type(self._rng.bit_generator)(0)
+        bit_generator.state = self._states[i]
+        return sample(np.random.Generator(bit_generator))
+
+
 def _account_activity(
     rng: np.random.Generator,
     customers: dict[str, np.ndarray],
     sim: dict[str, np.ndarray],
-    logins: pl.DataFrame,
+    daily_logins: np.ndarray,
     *,
     timeline: _Timeline,
     settings: DemoWarehouseSettings,
+    cut_day: np.datetime64,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Daily activity for the last ``activity_days`` days, with injected anomalies."""
+    """Daily activity for the last ``activity_days`` days (to ``cut_day``), with anomalies.
+
+    The process draws several customers x days matrices (api-call noise and counts, anomaly
+    starts, errors, volume and spend noise), each whole before the next. Here each is drawn in
+    customer blocks (:class:`_BlockDraws`) and the table is assembled block by block, so memory
+    holds blocks and the result, never the matrices; the numbers are those of whole-matrix
+    draws.
+    """
     n = customers["customer_id"].size
     n_days = settings.activity_days
     first_day = (timeline.end - n_days * _DAY).astype("datetime64[D]")
     days = first_day + np.arange(n_days)
-    day_start = days.astype("datetime64[us]")
+    day_idx = np.arange(n_days)
+    blocks = _blocks(n)
 
     signup_day = customers["signup_at"].astype("datetime64[D]")
     churn_day = sim["churned_at"].astype("datetime64[D]")
-    active = (signup_day[:, None] <= days[None, :]) & (
-        np.isnat(churn_day)[:, None] | (days[None, :] <= churn_day[:, None])
-    )
 
-    # daily login counts from the logins table
-    recent = logins.filter(pl.col("timestamp") >= pl.lit(day_start[0]).dt.replace_time_zone("UTC"))
-    cidx = recent["customer_id"].to_numpy() - 1
-    didx = (
-        (recent["timestamp"].dt.replace_time_zone(None).to_numpy() - day_start[0]) // _DAY
-    ).astype(np.int64)
-    keep = didx < n_days
-    daily_logins = np.bincount(cidx[keep] * n_days + didx[keep], minlength=n * n_days).reshape(
-        n, n_days
-    )
+    def active(rows: slice) -> np.ndarray:
+        return (signup_day[rows, None] <= days[None, :]) & (
+            np.isnat(churn_day[rows])[:, None] | (days[None, :] <= churn_day[rows, None])
+        )
+
+    def shape(rows: slice) -> tuple[int, int]:
+        return (rows.stop - rows.start, n_days)
 
     weekday = (days.astype(np.int64) + 3) % 7  # 0 = Monday
     weekday_factor = np.where(weekday >= 5, 0.45, 1.0)
     api_level = 40 * customers["seats"] ** 0.5 * rng.lognormal(0, 0.5, n)
-    api_mean = api_level[:, None] * weekday_factor[None, :] * (1 + 0.15 * daily_logins)
+
+    def api_mean(rows: slice) -> np.ndarray:
+        level = api_level[rows, None] * weekday_factor[None, :]
+        return level * (1 + 0.15 * daily_logins[rows])
+
     # negative binomial with dispersion 20: Poisson-gamma mixture
-    api_calls = rng.poisson(api_mean * rng.gamma(20, 1 / 20, api_mean.shape)).astype(np.float64)
+    def gamma_noise(rows: slice) -> Callable[[np.random.Generator], np.ndarray]:
+        return lambda g: g.gamma(20, 1 / 20, shape(rows))
+
+    noise = _BlockDraws(rng)
+    for rows in blocks:
+        noise.draw(gamma_noise(rows))
+
+    def poisson_calls(i: int, rows: slice) -> Callable[[np.random.Generator], np.ndarray]:
+        mean = api_mean(rows) * noise.redraw(i, gamma_noise(rows))
+        return lambda g: g.poisson(mean).astype(np.float64)
+
+    calls = _BlockDraws(rng)
+    for i, rows in enumerate(blocks):
+        calls.draw(poisson_calls(i, rows))
     volume_per_call = rng.lognormal(np.log(0.8), 0.3, n)
 
-    kind = np.zeros((n, n_days), dtype=np.int8)  # 0 none, 1 spike, 2 drop, 3 level shift
-    starts = (rng.random((n, n_days)) < settings.anomaly_rate) & active
-    starts[:, :28] = False  # leave a clean trailing window for robust statistics
-    first_start = np.where(starts.any(axis=1), starts.argmax(axis=1), -1)
+    # anomalies: each customer's first start (if any) after a clean trailing window of 28 days
+    first_start = np.full(n, -1, dtype=np.int64)
+    for rows in blocks:
+        starts = (rng.random(shape(rows)) < settings.anomaly_rate) & active(rows)
+        starts[:, :28] = False
+        first_start[rows] = np.where(starts.any(axis=1), starts.argmax(axis=1), -1)
     has = first_start >= 0
     which = rng.choice(3, size=n, p=[0.45, 0.3, 0.25]) + 1
-    rows_a = np.flatnonzero(has)
-    kind[rows_a, first_start[rows_a]] = which[rows_a]
-    multiplier = np.ones((n, n_days))
-    error_boost = np.ones((n, n_days))
-    spike = kind == 1
-    multiplier[spike] = rng.uniform(4, 12, spike.sum())
+    kind = np.where(has, which, 0)  # 0 none, 1 spike, 2 drop, 3 level shift
+    factor = np.ones(n)  # api calls and volume x factor at the start (from it on for shifts)
+    error_boost = np.ones(n)
+    spike, drop, shift = kind == 1, kind == 2, kind == 3
+    factor[spike] = rng.uniform(4, 12, spike.sum())
     error_boost[spike] = rng.uniform(4, 12, spike.sum())
-    drop = kind == 2
-    multiplier[drop] = rng.uniform(0, 0.1, drop.sum())
-    shift_rows = rows_a[which[rows_a] == 3]
-    shift_factor = rng.uniform(2.5, 4, shift_rows.size)
-    day_idx = np.arange(n_days)
-    for i, factor in zip(shift_rows, shift_factor, strict=True):
-        multiplier[i, day_idx >= first_start[i]] = factor
-    truth_mask = kind > 0
-    for i in shift_rows:  # level shifts count as anomalous for their first three days
-        truth_mask[i, first_start[i] : first_start[i] + 3] = True
-
-    api_calls = np.round(api_calls * multiplier)
+    factor[drop] = rng.uniform(0, 0.1, drop.sum())
+    factor[shift] = rng.uniform(2.5, 4, shift.sum())
     error_rate = 0.01 * rng.lognormal(0, 0.3, n)
-    errors = rng.binomial(
-        api_calls.astype(np.int64), np.clip(error_rate[:, None] * error_boost, 0, 1)
-    )
-    volume = np.round(api_calls * volume_per_call[:, None] * rng.lognormal(0, 0.15, (n, n_days)), 3)
-    spend = np.round(
-        customers["monthly_spend"][:, None] / 30 * rng.lognormal(0, 0.05, (n, n_days)), 2
-    )
 
-    ci, di = np.nonzero(active)
-    activity = pl.DataFrame(
-        {
-            "customer_id": customers["customer_id"][ci],
-            "day": days[di],
-            "api_calls": api_calls[ci, di].astype(np.int64),
-            "logins": daily_logins[ci, di].astype(np.int64),
-            "spend": spend[ci, di],
-            "errors": errors[ci, di].astype(np.int64),
-            "data_volume_mb": volume[ci, di],
-        }
-    )
-    ti, tj = np.nonzero(truth_mask & active)
+    def anomaly_days(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Per block: the day of each customer's anomaly start, and the days from it on."""
+        start = first_start[rows, None]
+        return (day_idx[None, :] == start), (start >= 0) & (day_idx[None, :] >= start)
+
+    def api_calls(i: int, rows: slice) -> np.ndarray:
+        base = calls.redraw(i, poisson_calls(i, rows))
+        at_start, from_start = anomaly_days(rows)
+        multiplier = np.where(at_start, factor[rows, None], 1.0)
+        multiplier = np.where(from_start & shift[rows, None], factor[rows, None], multiplier)
+        return np.round(base * multiplier)
+
+    def binomial_errors(calls_: np.ndarray, rows: slice) -> Callable[..., np.ndarray]:
+        at_start, _ = anomaly_days(rows)
+        boost = np.where(at_start, error_boost[rows, None], 1.0)
+        p = np.clip(error_rate[rows, None] * boost, 0, 1)
+        return lambda g: g.binomial(calls_.astype(np.int64), p)
+
+    errors = _BlockDraws(rng)
+    for i, rows in enumerate(blocks):
+        errors.draw(binomial_errors(api_calls(i, rows), rows))
+
+    def lognormal(sigma: float, rows: slice) -> Callable[[np.random.Generator], np.ndarray]:
+        return lambda g: g.lognormal(0, sigma, shape(rows))
+
+    volume_noise, spend_noise = _BlockDraws(rng), _BlockDraws(rng)
+    for rows in blocks:
+        volume_noise.draw(lognormal(0.15, rows))
+    for rows in blocks:
+        spend_noise.draw(lognormal(0.05, rows))
+
     kinds = np.array(["none", "spike", "drop", "level_shift"])
-    truth = pl.DataFrame(
-        {
-            "customer_id": customers["customer_id"][ti],
-            "day": days[tj],
-            "kind": kinds[np.where(kind[ti, tj] > 0, kind[ti, tj], 3)],
-        }
-    )
-    return activity, truth
+    keep_days = days <= cut_day
+    activity_blocks, truth_blocks = [], []
+    for i, rows in enumerate(blocks):
+        calls_i = api_calls(i, rows)
+        errors_i = errors.redraw(i, binomial_errors(calls_i, rows))
+        volume = np.round(
+            calls_i * volume_per_call[rows, None] * volume_noise.redraw(i, lognormal(0.15, rows)),
+            3,
+        )
+        spend = np.round(
+            customers["monthly_spend"][rows, None]
+            / 30
+            * spend_noise.redraw(i, lognormal(0.05, rows)),
+            2,
+        )
+        active_i = active(rows) & keep_days[None, :]
+        ci, di = np.nonzero(active_i)
+        activity_blocks.append(
+            pl.DataFrame(
+                {
+                    "customer_id": customers["customer_id"][rows][ci],
+                    "day": days[di],
+                    "api_calls": calls_i[ci, di].astype(np.int64),
+                    "logins": daily_logins[rows][ci, di].astype(np.int64),
+                    "spend": spend[ci, di],
+                    "errors": errors_i[ci, di].astype(np.int64),
+                    "data_volume_mb": volume[ci, di],
+                }
+            )
+        )
+        # level shifts count as anomalous for their first three days
+        at_start, from_start = anomaly_days(rows)
+        first_three = from_start & (day_idx[None, :] < first_start[rows, None] + 3)
+        truth_days = at_start | (first_three & shift[rows, None])
+        ti, tj = np.nonzero(truth_days & active_i)
+        truth_blocks.append(
+            pl.DataFrame(
+                {
+                    "customer_id": customers["customer_id"][rows][ti],
+                    "day": days[tj],
+                    "kind": kinds[kind[rows][ti]],
+                }
+            )
+        )
+    return pl.concat(activity_blocks, rechunk=False), pl.concat(truth_blocks, rechunk=False)
