@@ -10,12 +10,15 @@ import polars as pl
 import pytest
 
 from mlinfra_models.labels import (
+    ReviewSettings,
     label_figures,
     measure_agreement,
     parse_taxonomy,
     propose_merges,
+    review_labels,
     write_label_figures,
     write_label_report,
+    write_review,
 )
 
 TAXONOMY = parse_taxonomy(
@@ -83,3 +86,17 @@ def test_report_without_taxonomy_or_merges(annotations: pl.DataFrame, tmp_path: 
     figures = label_figures(agreement)
     assert figures["merges"] is None and set(figures["agreement"]) == {"fine"}
     json.dumps(figures, allow_nan=False)
+
+
+def test_review_writes_report_figures_and_taxonomy(
+    annotations: pl.DataFrame, tmp_path: Path
+) -> None:
+    review = review_labels(annotations, TAXONOMY, ReviewSettings(target_categories=3, n_boot=50))
+    paths = write_review(review, tmp_path / "run", facts={"annotations": "synthetic"})
+    assert {p.name for p in paths.values()} == {"labels.html", "labels.json", "taxonomy-v2.yaml"}
+    assert paths["taxonomy"].read_text().startswith("# Taxonomy v2: proposed by merging")
+    headline = review.headline()
+    assert headline["proposed_categories"] == 3 and len(headline["merges"]) == 2
+    assert headline["merges"][0] in ("a1 -> a2", "a2 -> a1")
+    with pytest.raises(ValueError, match=r"target_categories=0 is invalid"):
+        ReviewSettings(target_categories=0)

@@ -12,7 +12,9 @@ Plain Python on Polars tables (no Feast, no Prefect): annotations are long table
 - :func:`sample_for_relabelling`, :func:`write_relabelling_csv`, :func:`read_relabelled_csv`:
   relabelling batches.
 - :func:`write_label_report`, :func:`label_figures`: the HTML report and its figures as JSON
-  (in :mod:`mlinfra_models.labels.report`, which imports matplotlib when it draws).
+  (matplotlib is imported when it draws).
+- :func:`review_labels`, :func:`write_review`: all of it for one annotation table, as the
+  label-review flow and ``mlinfra-labels report`` run it.
 """
 
 from mlinfra_models.labels.agreement import (
@@ -25,7 +27,12 @@ from mlinfra_models.labels.agreement import (
     krippendorff_alpha,
     measure_agreement,
 )
-from mlinfra_models.labels.annotations import AnnotationError, Ratings, encode_annotations
+from mlinfra_models.labels.annotations import (
+    AnnotationError,
+    Ratings,
+    encode_annotations,
+    read_annotations,
+)
 from mlinfra_models.labels.merges import MergeError, MergeProposal, MergeStep, propose_merges
 from mlinfra_models.labels.relabelling import (
     DEFAULT_CONFIDENCE_BINS,
@@ -35,6 +42,7 @@ from mlinfra_models.labels.relabelling import (
     write_relabelling_csv,
 )
 from mlinfra_models.labels.report import label_figures, write_label_figures, write_label_report
+from mlinfra_models.labels.review import LabelReview, ReviewSettings, review_labels, write_review
 from mlinfra_models.labels.taxonomy import (
     Category,
     Taxonomy,
@@ -52,12 +60,14 @@ __all__ = [
     "Agreement",
     "AnnotationError",
     "Category",
+    "LabelReview",
     "LevelAgreement",
     "MergeError",
     "MergeProposal",
     "MergeStep",
     "Ratings",
     "RelabelledBatch",
+    "ReviewSettings",
     "Taxonomy",
     "TaxonomyError",
     "TaxonomyMapping",
@@ -74,10 +84,13 @@ __all__ = [
     "measure_agreement",
     "parse_taxonomy",
     "propose_merges",
+    "read_annotations",
     "read_relabelled_csv",
+    "review_labels",
     "sample_for_relabelling",
     "write_label_figures",
     "write_label_report",
     "write_relabelling_csv",
+    "write_review",
     "write_taxonomy",
 ]

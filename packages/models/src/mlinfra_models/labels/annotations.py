@@ -12,13 +12,15 @@ are dropped and counted.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-__all__ = ["AnnotationError", "Ratings", "encode_annotations", "item_column"]
+__all__ = ["AnnotationError", "Ratings", "encode_annotations", "item_column", "read_annotations"]
 
 #: Item id columns recognised when none is named, in order of preference.
 ITEM_COLUMNS = ("item_id", "event_id")
@@ -26,6 +28,26 @@ ITEM_COLUMNS = ("item_id", "event_id")
 
 class AnnotationError(ValueError):
     """An annotation table cannot be used as given; the message names the problem."""
+
+
+def read_annotations(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """Read an annotation table from ``.parquet``, ``.tsv`` or (otherwise) CSV.
+
+    Raises :class:`AnnotationError` naming the file when it is missing or unreadable; the
+    columns are checked when the table is used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pl.read_parquet(path)
+        separator = "\t" if path.suffix.lower() == ".tsv" else ","
+        return pl.read_csv(path, separator=separator, infer_schema_length=10_000)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise AnnotationError(f"{path}: cannot read it as a table: {first}") from None
 
 
 def item_column(

@@ -23,30 +23,14 @@ from typing import Any
 import polars as pl
 
 from mlinfra_models.labels.agreement import Agreement, measure_agreement
-from mlinfra_models.labels.annotations import AnnotationError
-from mlinfra_models.labels.merges import MergeProposal, propose_merges
+from mlinfra_models.labels.annotations import read_annotations
+from mlinfra_models.labels.merges import propose_merges
+from mlinfra_models.labels.review import ReviewSettings, review_labels, write_review
 from mlinfra_models.labels.taxonomy import Taxonomy, load_taxonomy, write_taxonomy
 
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
-
-
-class _BadInputError(Exception):
-    """An input problem to report in one line with exit status 2."""
-
-
-def _read_table(path: Path) -> pl.DataFrame:
-    if not path.is_file():
-        raise _BadInputError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pl.read_parquet(path)
-        separator = "\t" if path.suffix.lower() == ".tsv" else ","
-        return pl.read_csv(path, separator=separator, infer_schema_length=10_000)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _BadInputError(f"{path}: cannot read it as a table: {first}") from None
 
 
 def _taxonomy(path: str | None) -> Taxonomy | None:
@@ -96,7 +80,7 @@ def _print_agreement(agreement: Agreement) -> None:
 
 def _agreement(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    table = _read_table(path)
+    table = read_annotations(path)
     order = [s.strip() for s in args.order.split(",")] if args.order else None
     agreement = measure_agreement(
         table,
@@ -116,25 +100,16 @@ def _agreement(args: argparse.Namespace) -> int:
     return 0
 
 
-def _proposal(args: argparse.Namespace) -> tuple[pl.DataFrame, Taxonomy, MergeProposal]:
-    path = Path(args.file)
-    table = _read_table(path)
-    taxonomy = load_taxonomy(args.taxonomy)
-    try:
-        proposal = propose_merges(
-            table,
-            taxonomy,
-            args.target,
-            allow_cross_parent=args.allow_cross_parent,
-            **_columns(args),
-        )
-    except AnnotationError as exc:
-        raise _BadInputError(f"{path}: {exc}") from None
-    return table, taxonomy, proposal
-
-
 def _merges(args: argparse.Namespace) -> int:
-    _, _, proposal = _proposal(args)
+    path = Path(args.file)
+    proposal = propose_merges(
+        read_annotations(path),
+        load_taxonomy(args.taxonomy),
+        args.target,
+        allow_cross_parent=args.allow_cross_parent,
+        source=str(path),
+        **_columns(args),
+    )
     if args.out:
         write_taxonomy(proposal.taxonomy, args.out, header=f"proposed from {args.file}")
     if args.json:
@@ -161,32 +136,19 @@ def _num(value: float | None) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mlinfra_models.labels.report import (
-        label_figures,
-        write_label_figures,
-        write_label_report,
-    )
-
-    table, taxonomy, proposal = _proposal(args)
-    agreement = measure_agreement(
-        table,
-        taxonomy=taxonomy,
+    path = Path(args.file)
+    table = read_annotations(path)
+    settings = ReviewSettings(
+        target_categories=args.target,
+        allow_cross_parent=args.allow_cross_parent,
         n_boot=args.bootstrap,
         seed=args.seed,
-        source=args.file,
-        **_columns(args),
     )
-    out = Path(args.out)
-    html_path = write_label_report(
-        agreement, out / "labels.html", proposal=proposal, facts={"annotations": args.file}
+    review = review_labels(
+        table, load_taxonomy(args.taxonomy), settings, source=str(path), **_columns(args)
     )
-    json_path = write_label_figures(label_figures(agreement, proposal), out / "labels.json")
-    yaml_path = write_taxonomy(
-        proposal.taxonomy,
-        out / f"taxonomy-{proposal.taxonomy.version}.yaml",
-        header=f"proposed from {args.file}",
-    )
-    print(f"report: {html_path}\nfigures: {json_path}\nproposed taxonomy: {yaml_path}")
+    paths = write_review(review, args.out, facts={"annotations": str(path)})
+    print("\n".join(f"{kind}: {p}" for kind, p in paths.items()))
     return 0
 
 
@@ -236,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (_BadInputError, ValueError, pl.exceptions.PolarsError) as exc:
+    except (ValueError, pl.exceptions.PolarsError) as exc:
         message = " ".join(str(exc).split())
         if args.file not in message:
             message = f"{args.file}: {message}"

@@ -249,6 +249,7 @@ def propose_merges(
     item: str | None = None,
     annotator: str = "annotator_id",
     label: str = "label",
+    source: str = "annotations",
 ) -> MergeProposal:
     """Greedy merges of ``taxonomy``'s categories down to ``target_categories`` (module doc).
 
@@ -258,7 +259,7 @@ def propose_merges(
     names the proposed taxonomy (default: the source version's number plus one, ``v1`` ->
     ``v2``). Raises :class:`MergeError` when the target cannot be reached (protected categories
     are never merged; without ``allow_cross_parent`` each coarse parent keeps at least one
-    category) and :class:`AnnotationError` for bad annotations.
+    category) and :class:`AnnotationError` for bad annotations (named ``source``).
     """
     _check_target(taxonomy, target_categories, allow_cross_parent)
     ratings = encode_annotations(
@@ -267,6 +268,7 @@ def propose_merges(
         item=item,
         annotator=annotator,
         label=label,
+        source=source,
     )
     counts = ratings.counts.astype(np.float64)
     coincidence = counts.T @ counts - np.diag(counts.sum(axis=0))
