@@ -20,9 +20,14 @@ Training runs ``train_loop_per_worker`` under a ``TorchTrainer`` (DDP through
   ``COMPLETE`` is never loaded.
 - On start the worker resumes from ``ray.train.get_checkpoint()`` (the latest checkpoint of a
   failed attempt, or of an earlier job with the same ``storage_path`` and ``run_name``).
-- SIGTERM (where the loop runs on the main thread) or ``stop_at_step`` makes the loop write a
-  checkpoint at the next step boundary and return; ``train_anomaly`` then raises
-  :class:`TrainingStopped` and a rerun with the same run name continues.
+- A spot notice makes every worker write a checkpoint at the next step boundary and return
+  cleanly; ``train_anomaly`` then raises :class:`TrainingStopped` and a rerun with the same run
+  name continues. Under Ray Train the notice is Ray's preemption signal
+  (``ray.train.get_preemption_info()``: the node hosting a worker is being drained, which is
+  how Ray surfaces a cloud's spot-termination notice); where the loop runs on a process's main
+  thread, SIGTERM also counts; ``stop_at_step`` rehearses it.
+- Each checkpoint's meta carries this attempt's timing (``compute_seconds``,
+  ``checkpoint_seconds``, ``samples``), so the checkpoint overhead is measured, not guessed.
 
 The caller starts Ray; this module never calls ``ray.init``. torch and ray are imported inside
 the functions that need them.
@@ -38,8 +43,9 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,13 +90,16 @@ class AnomalySettings:
     lr: float = 3e-3
     seed: int = 0
     threshold_quantile: float = 0.99
-    checkpoint_every_steps: int = 50
+    checkpoint_every_steps: int = 200
     keep_checkpoints: int = 3
     num_workers: int = 2
     use_gpu: bool = False
     storage_path: str = ".mlinfra/checkpoints"
     run_name: str = "anomaly_detector"
     max_failures: int = 1
+    #: Where Ray's worker-local preemption notice is not reachable, ask Ray's collective
+    #: ``get_preemption_info`` every this many steps.
+    notice_poll_steps: int = 10
     #: Drills: raise in every worker at this global step, once per run (spot-loss rehearsal).
     fail_at_step: int | None = None
     #: Drills: checkpoint and stop cleanly at this global step, as on SIGTERM.
@@ -104,15 +113,38 @@ class AnomalySettings:
                 f"AnomalySettings.threshold_quantile must be in (0, 1), got "
                 f"{self.threshold_quantile}"
             )
-        for name in ("epochs", "batch_size", "checkpoint_every_steps", "keep_checkpoints"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "checkpoint_every_steps",
+            "keep_checkpoints",
+            "notice_poll_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"AnomalySettings.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 1:
             raise ValueError(f"AnomalySettings.num_workers must be >= 1, got {self.num_workers}")
 
     @property
+    def is_remote(self) -> bool:
+        """Whether checkpoints go to a URI (``s3://``, ``gs://``, ...) rather than a local path."""
+        return "://" in self.storage_path and not self.storage_path.startswith("file://")
+
+    @property
+    def storage(self) -> str:
+        """The storage path as Ray Train takes it: an absolute local path or a URI."""
+        if self.is_remote:
+            return self.storage_path.rstrip("/")
+        return str(Path(self.storage_path.removeprefix("file://")).absolute())
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.storage_path).absolute() / self.run_name
+        """The local directory of this run's checkpoints (local storage only)."""
+        if self.is_remote:
+            raise ValueError(
+                f"storage_path {self.storage_path!r} is remote; it has no local run_dir"
+            )
+        return Path(self.storage) / self.run_name
 
 
 class TrainingStopped(RuntimeError):  # noqa: N818 - it is a state, not an error
@@ -395,6 +427,26 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _preemption_notice(poll_steps: int) -> Callable[[int], bool]:
+    """``step -> whether Ray says this worker's node is being preempted``.
+
+    Ray Train stores the notice on each worker as it arrives; reading it there is free, and the
+    loop already combines every worker's flag at each step. Ray's public
+    ``ray.train.get_preemption_info()`` is a collective over the workers (milliseconds per
+    call), so where the worker-local notice is not reachable it is asked only every
+    ``poll_steps`` steps, at the same steps on every worker.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        get_train_context().preemption_context  # noqa: B018 - probe the attribute once
+    except (ImportError, AttributeError, RuntimeError):
+        import ray.train
+
+        return lambda step: step % poll_steps == 0 and ray.train.get_preemption_info() is not None
+    return lambda step: get_train_context().preemption_context.preemption_info is not None
+
+
 def _any_worker(flag: bool, world_size: int) -> bool:
     """True when ``flag`` is set on any worker (all workers must call this at the same step)."""
     if world_size == 1:
@@ -461,7 +513,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(network)
     device = next(model.parameters()).device
     inject_failure = (
-        settings.fail_at_step is not None and not (settings.run_dir / ".fault_injected").exists()
+        settings.fail_at_step is not None
+        and not settings.is_remote
+        and not (settings.run_dir / ".fault_injected").exists()
     )
 
     def report(global_step: int, loss: float, final: bool) -> None:
@@ -482,6 +536,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "world_size": world,
                     "resumed_from": resumed_from,
                     "loss": loss,
+                    **clock,
                 }
                 state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
                 tensors: dict[str, Any] = {_MODEL: state}
@@ -503,7 +558,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{global_step:08d}"
             )
 
+    preempted = _preemption_notice(settings.notice_poll_steps)
+    order, order_epoch = np.empty(0, dtype=np.int64), -1
     loss_value = float("nan")
+    clock = {"compute_seconds": 0.0, "checkpoint_seconds": 0.0, "samples": 0}
     with _sigterm_flag() as sigterm:
         while step < total_steps:
             epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -511,7 +569,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 settings.run_dir.mkdir(parents=True, exist_ok=True)
                 (settings.run_dir / ".fault_injected").touch()
                 raise RuntimeError(f"injected failure at step {step} (fail_at_step drill)")
-            rows = _epoch_order(n, settings.seed, epoch)[in_epoch * batch : (in_epoch + 1) * batch]
+            started = time.perf_counter()
+            if order_epoch != epoch:
+                order, order_epoch = _epoch_order(n, settings.seed, epoch), epoch
+            rows = order[in_epoch * batch : (in_epoch + 1) * batch]
             xb = torch.from_numpy(x[np.sort(rows[rank::world])]).to(device)
             model.train()
             optimizer.zero_grad()
@@ -520,17 +581,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             loss_value = float(loss.item())
             step += 1
+            clock["samples"] += len(rows)  # the global batch: every worker's share
+            clock["compute_seconds"] += time.perf_counter() - started
             done = step == total_steps
-            stop = (
-                _any_worker(sigterm.is_set() or step == settings.stop_at_step, world) and not done
-            )
+            notice = sigterm.is_set() or preempted(step) or step == settings.stop_at_step
+            stop = _any_worker(notice, world) and not done
             if (
                 done
                 or stop
                 or step % settings.checkpoint_every_steps == 0
                 or in_epoch + 1 == (steps_per_epoch)
             ):
+                started = time.perf_counter()
                 report(step, loss_value, final=done)
+                clock["checkpoint_seconds"] += time.perf_counter() - started
             if stop:
                 return
 
@@ -561,7 +625,6 @@ def train_anomaly(frame: pl.DataFrame, settings: AnomalySettings) -> AnomalyMode
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call ray.init() before train_anomaly")
 
-    run_dir = settings.run_dir
     config = {
         "settings": asdict(settings),
         "data": ray.put(x),
@@ -579,7 +642,7 @@ def train_anomaly(frame: pl.DataFrame, settings: AnomalySettings) -> AnomalyMode
         ),
         run_config=RunConfig(
             name=settings.run_name,
-            storage_path=str(run_dir.parent),
+            storage_path=settings.storage,
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
         ),
@@ -587,11 +650,26 @@ def train_anomaly(frame: pl.DataFrame, settings: AnomalySettings) -> AnomalyMode
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if settings.is_remote:
+        if result.checkpoint is None:
+            raise RuntimeError(
+                f"anomaly training under {settings.storage}/{settings.run_name} reported no "
+                "checkpoint"
+            )
+        with result.checkpoint.as_directory() as directory:
+            return _finished_model(Path(directory), settings)
     path = Path(result.checkpoint.path) if result.checkpoint is not None else None
     if path is None or not _is_complete(path):
-        path = latest_checkpoint(run_dir)
+        path = latest_checkpoint(settings.run_dir)
     if path is None:
-        raise RuntimeError(f"anomaly training under {run_dir} reported no complete checkpoint")
+        raise RuntimeError(
+            f"anomaly training under {settings.run_dir} reported no complete checkpoint"
+        )
+    return _finished_model(path, settings)
+
+
+def _finished_model(path: Path, settings: AnomalySettings) -> AnomalyModel:
+    """The final model at ``path``, or :class:`TrainingStopped` if training stopped early."""
     meta = _read_meta(path)
     if not meta.get("final"):
         raise TrainingStopped(path, int(meta["global_step"]), int(meta["total_steps"]))
