@@ -17,6 +17,13 @@ from mlinfra_models.anomaly import (
     train_anomaly,
     train_loop_per_worker,
 )
+from mlinfra_models.anomaly_retraining import (
+    ANOMALY_LABEL,
+    AnomalyRetrainResult,
+    AnomalyWindow,
+    retrain_anomaly_detector,
+    split_window,
+)
 from mlinfra_models.churn import (
     CHURN_LABEL,
     ChurnModel,
@@ -27,6 +34,7 @@ from mlinfra_models.churn import (
     train_churn,
 )
 from mlinfra_models.evaluation import (
+    RANKING_METRICS,
     BinaryEvaluation,
     Comparison,
     Estimate,
@@ -56,12 +64,16 @@ from mlinfra_models.retraining import (
 
 __all__ = [
     "ANOMALY_FEATURES",
+    "ANOMALY_LABEL",
     "CHALLENGER",
     "CHAMPION",
     "CHURN_LABEL",
+    "RANKING_METRICS",
     "AnomalyEvaluation",
     "AnomalyModel",
+    "AnomalyRetrainResult",
     "AnomalySettings",
+    "AnomalyWindow",
     "BinaryEvaluation",
     "ChurnModel",
     "ChurnSettings",
@@ -86,8 +98,10 @@ __all__ = [
     "latest_checkpoint",
     "lift_top_decile",
     "mlflow_client",
+    "retrain_anomaly_detector",
     "retrain_churn",
     "semantic_version",
+    "split_window",
     "time_split",
     "train_anomaly",
     "train_churn",

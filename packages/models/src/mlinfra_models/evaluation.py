@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 __all__ = [
+    "RANKING_METRICS",
     "BinaryEvaluation",
     "Comparison",
     "Estimate",
@@ -53,6 +54,9 @@ METRICS: dict[str, Metric] = {
     "lift_top_decile": lift_top_decile,
 }
 #: Metrics where lower is better.
+#: Metrics that need only a ranking of the scores (any real-valued score, not probabilities).
+RANKING_METRICS: dict[str, Metric] = {k: METRICS[k] for k in ("roc_auc", "pr_auc")}
+
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 
 
@@ -117,27 +121,43 @@ def _resamples(y_true: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
 
 
 def evaluate_binary(
-    y_true: np.ndarray, y_score: np.ndarray, *, n_boot: int = 200, seed: int = 0
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    metrics: Mapping[str, Metric] | None = None,
 ) -> BinaryEvaluation:
-    """ROC-AUC, PR-AUC, log loss, Brier, top-decile lift with intervals; ROC and reliability."""
+    """ROC-AUC, PR-AUC, log loss, Brier, top-decile lift with intervals; ROC and reliability.
+
+    ``metrics`` picks others (e.g. :data:`RANKING_METRICS` for scores that are not
+    probabilities, such as anomaly scores); the reliability curve is drawn only when the scores
+    are probabilities in [0, 1].
+    """
     y_true = np.asarray(y_true).astype(np.int64)
     y_score = np.asarray(y_score, dtype=np.float64)
     _check(y_true, y_score)
     samples = _resamples(y_true, n_boot, seed)
-    metrics = {}
-    for name, fn in METRICS.items():
+    estimates = {}
+    for name, fn in dict(metrics or METRICS).items():
         boot = np.array([fn(y_true[i], y_score[i]) for i in samples])
         low, high = np.percentile(boot, [2.5, 97.5])
-        metrics[name] = Estimate(fn(y_true, y_score), float(low), float(high))
+        estimates[name] = Estimate(fn(y_true, y_score), float(low), float(high))
     fpr, tpr, _ = roc_curve(y_true, y_score)
     keep = np.unique(np.linspace(0, fpr.size - 1, min(fpr.size, 200)).astype(int))
-    frac_pos, mean_pred = calibration_curve(y_true, y_score, n_bins=10, strategy="quantile")
+    calibration: dict[str, list[float]] = {}
+    if y_score.min() >= 0 and y_score.max() <= 1:
+        frac_pos, mean_pred = calibration_curve(y_true, y_score, n_bins=10, strategy="quantile")
+        calibration = {
+            "mean_predicted": mean_pred.tolist(),
+            "fraction_positive": frac_pos.tolist(),
+        }
     return BinaryEvaluation(
         n=int(y_true.size),
         positives=int(y_true.sum()),
-        metrics=metrics,
+        metrics=estimates,
         roc={"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()},
-        calibration={"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist()},
+        calibration=calibration,
     )
 
 

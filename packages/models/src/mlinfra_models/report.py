@@ -43,6 +43,7 @@ def _svg(fig: object) -> str:
 
 
 def _curves(report: EvaluationReport) -> tuple[str, str]:
+    """The ROC chart and, when the scores are probabilities, the reliability chart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,6 +59,9 @@ def _curves(report: EvaluationReport) -> tuple[str, str]:
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.legend(loc="lower right")
+    runs = [(label, ev) for label, ev in runs if ev.calibration]
+    if not runs:
+        return _svg(roc), ""
     cal, ax = plt.subplots(figsize=(4.6, 4.2))
     for label, ev in runs:
         ax.plot(
