@@ -1,17 +1,28 @@
 """Retrain flow: the platform's main command.
 
-    uv run python -m flows.retrain [hydra overrides, e.g. model=churn features.n_customers=2000]
+    uv run python -m flows.retrain [hydra overrides, e.g. model=churn features.n_customers=2000,
+                                     model=anomaly_detector compute=gpu]
 
 On an empty platform home it first runs the materialize flow on the demo warehouse. Before
-training it checks the freshness of the feature views the model reads and stops with a clear
-message when one is stale. Then each selected model is trained, evaluated against its champion
-on the same window, reported, registered in MLflow and gated.
+training it checks the freshness of the feature views the model reads: per the model's policy it
+stops at once (churn) or alerts once and waits for the features to land (the weekly anomaly
+detector), and never trains on stale data. Then each selected model is trained, evaluated against
+its champion on the same window, reported, registered in MLflow and gated; its training time and
+device cost are recorded on its MLflow run.
 """
 
 from __future__ import annotations
 
+import os
+
+# Ray reads this when it is first imported (Feast may import it): workers run in this very
+# environment, not under a fresh `uv run` of the project.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +38,24 @@ from mlinfra_features import (
     service_views,
     training_set,
 )
-from mlinfra_models import ChurnSettings, churn_labels, config_hash, retrain_churn
-from mlinfra_ops import LogSink, WaitPolicy, wait_for_fresh_features
+from mlinfra_models import (
+    ANOMALY_LABEL,
+    AnomalySettings,
+    AnomalyWindow,
+    ChurnSettings,
+    RegistrySettings,
+    churn_labels,
+    config_hash,
+    retrain_anomaly_detector,
+    retrain_churn,
+)
+from mlinfra_ops import (
+    GpuPrices,
+    LogSink,
+    WaitPolicy,
+    record_training_cost,
+    wait_for_fresh_features,
+)
 
 
 def git_revision() -> str:
@@ -68,9 +95,42 @@ def wait_for_features(cfg: dict[str, Any], model: str, services: list[str]) -> d
     return {v.feature_view: v.state for v in report}
 
 
+def start_ray(compute: dict[str, Any]) -> None:
+    """Start (or connect to) Ray per the ``compute`` config, once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if compute["address"]:
+        ray.init(address=compute["address"])
+    else:
+        ray.init(num_cpus=compute["num_cpus"], include_dashboard=False)
+
+
+def record_cost(
+    cfg: dict[str, Any], run_id: str, wall_seconds: float, *, device_count: int, on_gpu: bool
+) -> None:
+    """The training's device time and configured prices, on its MLflow run (CPU time is
+    recorded at no cost, so that every run carries the same fields)."""
+    compute = cfg["compute"]
+    registry: RegistrySettings = build(cfg["registry"])
+    record_training_cost(
+        compute["device_type"] if on_gpu else "cpu",
+        device_count,
+        wall_seconds,
+        GpuPrices(
+            on_demand_per_hour=compute["on_demand_per_hour"] if on_gpu else 0.0,
+            spot_discount=compute["spot_discount"],
+        ),
+        run_id=run_id,
+        tracking_uri=registry.uri,
+    )
+
+
 @task
 def retrain_churn_task(cfg: dict[str, Any]) -> dict[str, Any]:
     logger = get_run_logger()
+    started = time.perf_counter()
     store: FeatureStoreSettings = build(cfg["features"]["store"])
     settings: ChurnSettings = build(cfg["model"]["churn"]["settings"])
     warehouse = Warehouse(warehouse_dir(store))
@@ -97,6 +157,8 @@ def retrain_churn_task(cfg: dict[str, Any]) -> dict[str, Any]:
         tags={"git_revision": git_revision(), "config_hash": config_hash(cfg)},
         log=logger.info,
     )
+    # CatBoost trains on this process's CPUs, whatever the compute config says about Ray.
+    record_cost(cfg, result.run_id, time.perf_counter() - started, device_count=1, on_gpu=False)
     return {
         "version": result.version,
         "semver": result.semver,
@@ -108,6 +170,82 @@ def retrain_churn_task(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def anomaly_rows(store: FeatureStoreSettings, window: AnomalyWindow) -> pl.DataFrame:
+    """Every account-day of the newest ``train_days + evaluation_days`` in the offline store,
+    with the demo's hidden truth as ``is_anomaly`` (used only to evaluate).
+
+    The feature pipeline stamps a day's activity at the end of that day (``day + 1 day``).
+    """
+    days = window.train_days + window.evaluation_days
+    keys = pl.scan_parquet(VIEWS["account_activity_daily"].table_path(store.offline_dir)).select(
+        "customer_id", "event_timestamp"
+    )
+    end = keys.select(pl.col("event_timestamp").max()).collect().item()
+    if end is None:
+        raise ValueError("the offline store has no account activity; expected daily rows")
+    truth = (
+        Warehouse(warehouse_dir(store))
+        .scan("anomaly_truth")
+        .select(
+            "customer_id",
+            (pl.col("day").cast(pl.Datetime("us", "UTC")) + pl.duration(days=1)).alias(
+                "event_timestamp"
+            ),
+            pl.lit(True).alias(ANOMALY_LABEL),
+        )
+        .unique(["customer_id", "event_timestamp"])
+    )
+    return (
+        keys.filter(pl.col("event_timestamp") > end - timedelta(days=days))
+        .with_columns(pl.col("event_timestamp").cast(pl.Datetime("us", "UTC")))
+        .join(truth, on=["customer_id", "event_timestamp"], how="left")
+        .with_columns(pl.col(ANOMALY_LABEL).fill_null(False))
+        .collect()
+    )
+
+
+@task
+def retrain_anomaly_task(cfg: dict[str, Any]) -> dict[str, Any]:
+    logger = get_run_logger()
+    node = cfg["model"]["anomaly_detector"]
+    store: FeatureStoreSettings = build(cfg["features"]["store"])
+    settings: AnomalySettings = build(node["settings"])
+    window: AnomalyWindow = build(node["window"])
+    start_ray(cfg["compute"])
+    result = retrain_anomaly_detector(
+        anomaly_rows(store, window),
+        lambda service, rows: training_set(store, service, rows),
+        settings,
+        window=window,
+        registry=build(cfg["registry"]),
+        report_dir=Path(cfg["reports_dir"]),
+        gate_settings=build(node["gate"]),
+        tags={"git_revision": git_revision(), "config_hash": config_hash(cfg)},
+        log=logger.info,
+    )
+    record_cost(
+        cfg,
+        result.run_id,
+        result.train_seconds,
+        device_count=settings.num_workers,
+        on_gpu=settings.use_gpu,
+    )
+    return {
+        "version": result.version,
+        "semver": result.semver,
+        "alias": result.alias,
+        "decision": result.decision.reason,
+        "report": str(result.report_path),
+        "pr_auc": result.metrics["pr_auc"],
+        "base_rate": result.metrics["base_rate"],
+        "precision_at_k": result.metrics["precision_at_k"],
+        "recall_at_threshold": result.metrics["recall_at_threshold"],
+        "train_seconds": result.train_seconds,
+        "training": result.training,
+        "run_id": result.run_id,
+    }
+
+
 TRAINERS = {
     "churn": (
         retrain_churn_task,
@@ -115,7 +253,11 @@ TRAINERS = {
             cfg["model"]["churn"]["settings"]["feature_service"],
             cfg["model"]["churn"]["settings"]["baseline_feature_service"],
         ],
-    )
+    ),
+    "anomaly_detector": (
+        retrain_anomaly_task,
+        lambda cfg: [cfg["model"]["anomaly_detector"]["window"]["feature_service"]],
+    ),
 }
 
 

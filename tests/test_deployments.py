@@ -34,6 +34,19 @@ def test_deployment_entrypoint_schedule_and_overrides(
     assert cfg["job"] == job
 
 
+def test_the_anomaly_detector_retrains_weekly_on_sunday() -> None:
+    weekly = [
+        d
+        for d in DEPLOYMENTS
+        if d["entrypoint"] == "flows/retrain.py:retrain"
+        and "model=anomaly_detector" in d["parameters"]["overrides"]
+    ]
+    assert len(weekly) == 1
+    (schedule,) = weekly[0]["schedules"]
+    fields = schedule["cron"].split()
+    assert fields[2:4] == ["*", "*"] and fields[4] in {"0", "7", "SUN", "sun"}, schedule
+
+
 def test_an_invalid_cron_is_rejected() -> None:
     with pytest.raises(ValueError, match="cron"):
         CronSchedule(cron="61 * * * *", timezone="UTC")
