@@ -29,6 +29,8 @@ from mlinfra_models.anomaly import (
     train_anomaly,
 )
 
+pytestmark = pytest.mark.ray
+
 N_CUSTOMERS, N_DAYS = 100, 30
 ANOMALY_RATE = 0.015
 STOP_AT, FAIL_AT, EVERY = 25, 57, 10

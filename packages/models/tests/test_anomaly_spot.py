@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.ray
+
 DRILL = Path(__file__).with_name("_spot_drill.py")
 
 
