@@ -235,3 +235,28 @@ def test_single_rated_items_are_excluded_and_counted() -> None:
     result = measure_agreement(table, n_boot=0)
     assert result.excluded_items == 2 and result.fine.n_items == 2
     assert result.n_annotations == 6
+
+
+def test_resampling_item_patterns_equals_resampling_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items with the same count row are interchangeable: drawing patterns (multinomial) and
+    drawing items give the same bootstrap distribution."""
+    from mlinfra_models.labels import agreement as module
+
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 4, 3000)
+    labels = np.where(rng.random((3000, 3)) < 0.3, rng.integers(0, 4, (3000, 3)), truth[:, None])
+    table = pl.DataFrame(
+        {
+            "item_id": np.repeat(np.arange(3000), 3),
+            "annotator_id": np.tile(["a", "b", "c"], 3000),
+            "label": [f"k{v}" for v in labels.ravel()],
+        }
+    )
+    monkeypatch.setattr(module, "_PATTERN_COST", 1)  # 20 patterns << 3000 items: patterns
+    grouped = measure_agreement(table, n_boot=2000).fine
+    monkeypatch.setattr(module, "_PATTERN_COST", 10**9)  # never: items
+    items = measure_agreement(table, n_boot=2000).fine
+    assert grouped.fleiss_kappa == items.fleiss_kappa
+    for key, (low, high) in items.intervals.items():
+        assert grouped.intervals[key][0] == pytest.approx(low, abs=0.006), key
+        assert grouped.intervals[key][1] == pytest.approx(high, abs=0.006), key
