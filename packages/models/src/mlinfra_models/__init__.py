@@ -21,6 +21,7 @@ from mlinfra_models.anomaly_retraining import (
     ANOMALY_LABEL,
     AnomalyRetrainResult,
     AnomalyWindow,
+    load_anomaly_model,
     retrain_anomaly_detector,
     split_window,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "gate",
     "latest_checkpoint",
     "lift_top_decile",
+    "load_anomaly_model",
     "mlflow_client",
     "retrain_anomaly_detector",
     "retrain_churn",

@@ -65,6 +65,7 @@ __all__ = [
     "AnomalyRetrainResult",
     "AnomalyWindow",
     "WindowSplit",
+    "load_anomaly_model",
     "retrain_anomaly_detector",
     "split_window",
 ]
@@ -160,6 +161,14 @@ class AnomalyRetrainResult:
     training: dict[str, float]
 
 
+def load_anomaly_model(model_uri: str) -> AnomalyModel:
+    """The :class:`AnomalyModel` of a registered version, e.g.
+    ``models:/anomaly_detector@champion`` (MLflow is imported here, not before)."""
+    from mlinfra_models._anomaly_pyfunc import load_anomaly_model as load
+
+    return load(model_uri)
+
+
 def _data_name(frame: pl.DataFrame, settings: AnomalySettings) -> str:
     """A run name that is the same for the same training data and settings."""
     digest = hashlib.sha256()
@@ -247,8 +256,6 @@ def retrain_anomaly_detector(
     champ_thresholded: AnomalyEvaluation | None = None
     deltas: dict[str, Estimate] = {}
     if current is not None:
-        from mlinfra_models._anomaly_pyfunc import load_anomaly_model
-
         champ = load_anomaly_model(current.source)
         service = current.tags.get("feature_service", window.feature_service)
         champ_frame = (
