@@ -20,19 +20,40 @@ from mlinfra_ops.cost import (
     young_interval,
 )
 from mlinfra_ops.freshness import FeaturesLateError, WaitPolicy, wait_for_fresh_features
+from mlinfra_ops.incidents import IncidentPolicy, Incidents
+from mlinfra_ops.sinks import (
+    SINK_TYPES,
+    EmailSink,
+    JsonWebhookSink,
+    RetryPolicy,
+    SinkError,
+    SlackWebhookSink,
+    TicketSink,
+    build_sinks,
+)
 
 __all__ = [
+    "SINK_TYPES",
     "Alert",
     "AlertSink",
     "CostReport",
     "CostSettings",
+    "EmailSink",
     "FeaturesLateError",
     "GpuPrices",
+    "IncidentPolicy",
+    "Incidents",
+    "JsonWebhookSink",
     "LogSink",
     "MonthlySpend",
+    "RetryPolicy",
+    "SinkError",
+    "SlackWebhookSink",
     "SpotProjection",
+    "TicketSink",
     "TrainingCost",
     "WaitPolicy",
+    "build_sinks",
     "cost_report",
     "daly_interval",
     "monthly_spend",
