@@ -51,7 +51,8 @@ class WaitPolicy:
             raise ValueError(f"backoff must be at least 1, got {self.backoff}")
 
 
-def _describe(view: ViewFreshness) -> str:
+def describe(view: ViewFreshness) -> str:
+    """One line: the view, its state, age, SLA and how late it is."""
     if view.age_seconds is None:
         return f"{view.feature_view} is {view.state} (never materialized)"
     late_by = timedelta(seconds=round(view.late_by_seconds or 0))
@@ -96,7 +97,7 @@ def wait_for_fresh_features(
                 )
             return report
         waited = clock() - started
-        details = "; ".join(_describe(v) for v in late)
+        details = "; ".join(describe(v) for v in late)
         if not alerted:
             send_alert(
                 Alert(
