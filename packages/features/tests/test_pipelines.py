@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -12,8 +15,11 @@ from mlinfra_features import Warehouse
 from mlinfra_features.pipelines import snapshot_grid
 
 
-def brute_force(warehouse: Warehouse, customer_id: int, at: datetime) -> dict[str, float]:
-    """Recompute one customer's churn features from raw rows at or before ``at``."""
+def brute_force(warehouse: Warehouse, customer_id: int, at: datetime) -> dict[str, float | None]:
+    """Recompute one customer's churn features from raw rows at or before ``at``.
+
+    ``days_since_last_login`` is None (null) before the customer's first login.
+    """
     logins = (
         warehouse.scan("logins")
         .filter((pl.col("customer_id") == customer_id) & (pl.col("timestamp") <= at))
@@ -35,25 +41,99 @@ def brute_force(warehouse: Warehouse, customer_id: int, at: datetime) -> dict[st
     last = logins.max()
     return {
         "logins_30d": float((logins > at - timedelta(days=30)).sum()),
-        "days_since_last_login": (at - last).total_seconds() / 86400 if last else float("nan"),
+        "days_since_last_login": (at - last).total_seconds() / 86400 if last else None,
         "login_trend_8w": slope / (weekly.mean() + 0.5),
         "support_tickets_30d": float((tickets > at - timedelta(days=30)).sum()),
         "support_tickets_90d": float((tickets > at - timedelta(days=90)).sum()),
     }
 
 
+def assert_match_brute_force(
+    warehouse: Warehouse, logins: pl.DataFrame, support: pl.DataFrame, n: int
+) -> None:
+    """``n`` sampled rows of the login and support views, plus every row before a customer's
+    first login, equal the brute-force computation."""
+    keys = ["customer_id", "event_timestamp"]
+    joined = logins.join(support, on=keys).sort(keys)  # sorted: the same sample every run
+    no_login_yet = joined.filter(pl.col("days_since_last_login").is_null()).head(5)
+    assert no_login_yet.height > 0
+    for row in pl.concat([joined.sample(n, seed=3), no_login_yet]).iter_rows(named=True):
+        assert_row_is_as_of(warehouse, row)
+
+
+def assert_row_is_as_of(warehouse: Warehouse, row: dict[str, Any]) -> None:
+    expected = brute_force(warehouse, row["customer_id"], row["event_timestamp"])
+    for name, value in expected.items():
+        if value is None:
+            assert row[name] is None, (name, row)
+        else:
+            assert row[name] == pytest.approx(value, abs=1e-9), (name, row)
+
+
 def test_churn_features_match_a_brute_force_as_of_computation(
     warehouse: Warehouse, tables: dict[str, pl.DataFrame]
 ) -> None:
-    rows = (
-        tables["customer_logins"]
-        .join(tables["customer_support"], on=["customer_id", "event_timestamp"])
-        .sample(40, seed=3)
-    )
+    assert_match_brute_force(warehouse, tables["customer_logins"], tables["customer_support"], 40)
+
+
+@pytest.mark.parametrize("cadence_days", [1, 5])
+def test_windows_are_exact_on_any_cadence_and_end(warehouse: Warehouse, cadence_days: int) -> None:
+    """Windows that are not whole multiples of the snapshot cadence (7 days on a 5-day grid)
+    and an ``end`` before the newest data and off the day boundary stay exactly as of."""
+    from mlinfra_features.pipelines import churn_features
+
+    end = warehouse.data_end() - timedelta(days=9, hours=5, microseconds=3)
+    views = churn_features(warehouse, cadence=timedelta(days=cadence_days), end=end)
+    logins, support = views["customer_logins"].collect(), views["customer_support"].collect()
+    assert logins["event_timestamp"].max() == end
+    assert_match_brute_force(warehouse, logins, support, 25)
+
+
+def test_windows_are_right_closed_at_their_edges(tmp_path: Path) -> None:
+    """Events exactly at a window's start are out, a microsecond later in, at ``t`` in."""
+    from mlinfra_features import SCHEMAS
+    from mlinfra_features.pipelines import churn_features
+    from mlinfra_features.sources import write_parquet_atomic
+
+    end = datetime(2026, 3, 1, 6, tzinfo=UTC)
+    us = timedelta(microseconds=1)
+    day = timedelta(days=1)
+    edges = [
+        end - k * day + shift for k in (0, 7, 28, 30, 56, 60, 90) for shift in (-us, 0 * us, us)
+    ]
+    logins = [end - 150 * day, *edges]
+    tables = {
+        "customers": {
+            "customer_id": [1, 2],
+            "signup_at": [end - 200 * day, end - 40 * day],
+            "plan": ["pro", "basic"],
+            "seats": [3, 1],
+            "monthly_spend": [75.0, 12.0],
+            "region": ["eu", "na"],
+        },
+        "logins": {"customer_id": [1] * len(logins), "timestamp": logins},
+        "support_tickets": {
+            "customer_id": [2] * len(edges),
+            "opened_at": edges,
+            "severity": ["low"] * len(edges),
+            "topic": ["bug"] * len(edges),
+        },
+        "churn_events": {"customer_id": [2], "churned_at": [end - 7 * day + us]},
+    }
+    warehouse = Warehouse(tmp_path)
+    for name, columns in tables.items():
+        write_parquet_atomic(pl.DataFrame(columns, schema=SCHEMAS[name]), warehouse.path(name))
+    (tmp_path / "_manifest.json").write_text(json.dumps({"data_end": end.isoformat()}))
+
+    views = {name: view.collect() for name, view in churn_features(warehouse).items()}
+    keys = ["customer_id", "event_timestamp"]
+    rows = views["customer_logins"].join(views["customer_support"], on=keys).sort(keys)
+    assert rows.filter(pl.col("customer_id") == 2)["event_timestamp"].max() == end - 7 * day
+    newest = rows.filter((pl.col("customer_id") == 1) & (pl.col("event_timestamp") == end))
+    # (t - 30d, t]: 30 days before plus a microsecond, all three at 28 and 7, and two at t
+    assert newest["logins_30d"].item() == 1 + 3 + 3 + 2
     for row in rows.iter_rows(named=True):
-        expected = brute_force(warehouse, row["customer_id"], row["event_timestamp"])
-        for name, value in expected.items():
-            assert row[name] == pytest.approx(value, nan_ok=True, abs=1e-9), (name, row)
+        assert_row_is_as_of(warehouse, row)
 
 
 def test_population_is_signed_up_and_not_churned(
