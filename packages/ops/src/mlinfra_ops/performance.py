@@ -1,0 +1,286 @@
+"""Delayed-label monitoring: how a binary model does in production, before and after outcomes.
+
+Churn outcomes arrive weeks after a prediction. Until they do, performance is *estimated* from
+the predicted probabilities alone, by confidence-based performance estimation (CBPE, the method
+NannyML implements): if the probabilities are calibrated, a prediction ``p`` is a positive with
+probability ``p``, so the expected confusion matrix at every threshold, and hence the expected
+ROC curve and its AUC, follow from the scores. Calibration is checked (and corrected) on a
+labelled reference set, the model's own offline evaluation rows: a monotone binned mapping from
+score to observed frequency. The interval is that of the AUC one would realise on these rows if
+outcomes were drawn from the calibrated probabilities (a parametric bootstrap), so it covers the
+sampling noise of the cohort's eventual realised value.
+
+Once a prediction's horizon has passed (30 days for churn), its outcome is known: each weekly
+cohort then also gets its realised ROC-AUC, PR-AUC and observed vs expected positive rate, side
+by side with the estimate made before, and the offline AUC of the serving version.
+
+Plain NumPy and Polars (no scikit-learn here); the tests check the metrics against
+scikit-learn and the estimate against outcomes drawn from known probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+__all__ = [
+    "Calibration",
+    "CohortPerformance",
+    "PerformanceEstimate",
+    "average_precision",
+    "cohort_performance",
+    "estimate_performance",
+    "fit_calibration",
+    "label_predictions",
+    "roc_auc",
+]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    _, first, counts = np.unique(sorted_values, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat(average, counts)
+    return ranks
+
+
+def _check_labels(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D of one length, got {y.shape}, {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores have NaN or infinite values; expected finite scores")
+    return y, s
+
+
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC-AUC (Mann-Whitney U with tied scores counted half); NaN with a single class."""
+    y, s = _check_labels(y, s)
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = _ranks(s)
+    u = ranks[y].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """PR-AUC as average precision (scikit-learn's definition); NaN without positives."""
+    y, s = _check_labels(y, s)
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    y_sorted, s_sorted = y[order], s[order]
+    last_of_tie = np.r_[np.diff(s_sorted) != 0, True]
+    tp = np.cumsum(y_sorted)[last_of_tie]
+    seen = np.arange(1, y.size + 1)[last_of_tie]
+    precision = tp / seen
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A monotone map from score to probability, fitted on labelled reference rows."""
+
+    edges: list[float]  # inner bin edges (quantiles of the reference scores)
+    probabilities: list[float]  # calibrated probability per bin (non-decreasing)
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        bins = np.searchsorted(np.asarray(self.edges), np.asarray(scores, dtype=np.float64))
+        return np.asarray(self.probabilities)[bins]
+
+
+def fit_calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 20) -> Calibration:
+    """Quantile bins of the reference scores, each mapped to its observed positive rate, made
+    non-decreasing by pooling adjacent violators (so the ranking of scores is kept)."""
+    y, s = _check_labels(labels, scores)
+    if y.size < 2 * bins:
+        raise ValueError(
+            f"the calibration reference has {y.size} rows; expected at least {2 * bins} "
+            f"({bins} bins)"
+        )
+    edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)[1:-1]))
+    which = np.searchsorted(edges, s)
+    counts = np.bincount(which, minlength=edges.size + 1).astype(np.float64)
+    hits = np.bincount(which, weights=y.astype(np.float64), minlength=edges.size + 1)
+    # pool adjacent violators over bins (weighted by their counts)
+    blocks: list[list[float]] = []  # [positives, count, number of bins]
+    for h, c in zip(hits.tolist(), counts.tolist(), strict=True):
+        blocks.append([h, c, 1.0])
+        while len(blocks) > 1 and (
+            blocks[-2][0] / max(blocks[-2][1], 1) > blocks[-1][0] / max(blocks[-1][1], 1)
+        ):
+            h2, c2, n2 = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + h2, blocks[-1][1] + c2, blocks[-1][2] + n2]
+    probabilities: list[float] = []
+    for positives, count, n_bins in blocks:
+        probabilities += [positives / count if count else 0.0] * int(n_bins)
+    clipped = np.clip(probabilities, 1e-6, 1 - 1e-6)
+    return Calibration(edges=edges.tolist(), probabilities=clipped.tolist())
+
+
+@dataclass(frozen=True)
+class PerformanceEstimate:
+    """CBPE estimate for one set of predictions."""
+
+    n: int
+    roc_auc: float
+    roc_auc_low: float
+    roc_auc_high: float
+    expected_positive_rate: float
+    expected_brier: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def estimate_performance(
+    scores: np.ndarray,
+    calibration: Calibration | None = None,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> PerformanceEstimate:
+    """Expected ROC-AUC (with a 95% interval), positive rate and Brier score, without labels."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"scores must be a non-empty 1-D array, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores have NaN or infinite values; expected finite scores")
+    p = calibration.apply(s) if calibration is not None else s
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError("scores are not probabilities in [0, 1]; pass a calibration")
+    rng = np.random.default_rng(seed)
+    draws = [roc_auc(rng.random(p.size) < p, s) for _ in range(n_boot)]
+    finite = np.asarray([d for d in draws if np.isfinite(d)])
+    low, high = np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan)
+    return PerformanceEstimate(
+        n=int(s.size),
+        roc_auc=_expected_auc_of_scores(s, p),
+        roc_auc_low=float(low),
+        roc_auc_high=float(high),
+        expected_positive_rate=float(p.mean()),
+        expected_brier=float(np.mean(p * (1 - p))),
+    )
+
+
+def _expected_auc_of_scores(s: np.ndarray, p: np.ndarray) -> float:
+    """AUC of the expected ROC curve: rows ranked by score, each positive with probability
+    ``p`` (the expected true and false positives above every threshold)."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, p_sorted = s[order], p[order]
+    positives, negatives = p.sum(), (1 - p).sum()
+    if positives <= 0 or negatives <= 0:
+        return float("nan")
+    last_of_tie = np.r_[np.diff(s_sorted) != 0, True]
+    tpr = np.r_[0.0, np.cumsum(p_sorted)[last_of_tie] / positives]
+    fpr = np.r_[0.0, np.cumsum(1 - p_sorted)[last_of_tie] / negatives]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def label_predictions(
+    predictions: pl.DataFrame,
+    outcomes: pl.DataFrame,
+    *,
+    horizon: timedelta,
+    data_end: datetime,
+    entity: str = "customer_id",
+    predicted_at: str = "predicted_at",
+    outcome_at: str = "churned_at",
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Each prediction with ``matured`` (its horizon has passed by ``data_end``) and ``label``
+    (an outcome within ``(predicted_at, predicted_at + horizon]``; null while not matured).
+
+    Outcomes for entities never predicted are skipped and counted, not an error."""
+    for frame, name, cols in (
+        (predictions, "predictions", [entity, predicted_at]),
+        (outcomes, "outcomes", [entity, outcome_at]),
+    ):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} lack column(s) {missing}; expected {cols}")
+    known = predictions.select(entity).unique()
+    unknown = outcomes.join(known, on=entity, how="anti").height
+    first_outcome = (
+        outcomes.join(known, on=entity, how="semi")
+        .group_by(entity)
+        .agg(pl.col(outcome_at).min().alias("_outcome_at"))
+    )
+    labelled = (
+        predictions.join(first_outcome, on=entity, how="left")
+        .with_columns(
+            (pl.col(predicted_at) + horizon <= data_end).alias("matured"),
+            (
+                (pl.col("_outcome_at") > pl.col(predicted_at))
+                & (pl.col("_outcome_at") <= pl.col(predicted_at) + horizon)
+            )
+            .fill_null(False)
+            .alias("label"),
+        )
+        .with_columns(pl.when(pl.col("matured")).then(pl.col("label")).alias("label"))
+        .drop("_outcome_at")
+    )
+    return labelled, {"outcomes_for_unknown_entities": unknown}
+
+
+@dataclass(frozen=True)
+class CohortPerformance:
+    cohort: str  # week start (ISO date)
+    n: int
+    matured: bool
+    estimated: PerformanceEstimate
+    realized_roc_auc: float | None
+    realized_pr_auc: float | None
+    observed_positive_rate: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "estimated"}
+        out |= {f"estimated_{k}": v for k, v in self.estimated.as_dict().items() if k != "n"}
+        return out
+
+
+def cohort_performance(
+    labelled: pl.DataFrame,
+    *,
+    score: str = "score",
+    predicted_at: str = "predicted_at",
+    calibration: Calibration | None = None,
+    every: str = "1w",
+    n_boot: int = 200,
+    seed: int = 0,
+) -> list[CohortPerformance]:
+    """Estimated performance for every cohort, realised performance for matured ones."""
+    if labelled.is_empty():
+        raise ValueError("no predictions to evaluate; expected rows of the prediction log")
+    frame = labelled.with_columns(pl.col(predicted_at).dt.truncate(every).alias("_cohort"))
+    out = []
+    for (cohort,), rows in sorted(frame.group_by("_cohort"), key=lambda kv: kv[0][0]):
+        scores = rows[score].to_numpy()
+        matured = bool(rows["matured"].all())
+        realized_auc = realized_ap = observed = None
+        if matured:
+            y = rows["label"].to_numpy().astype(bool)
+            realized_auc, realized_ap = roc_auc(y, scores), average_precision(y, scores)
+            observed = float(y.mean())
+        out.append(
+            CohortPerformance(
+                cohort=cohort.date().isoformat(),
+                n=rows.height,
+                matured=matured,
+                estimated=estimate_performance(scores, calibration, n_boot=n_boot, seed=seed),
+                realized_roc_auc=realized_auc,
+                realized_pr_auc=realized_ap,
+                observed_positive_rate=observed,
+            )
+        )
+    return out
