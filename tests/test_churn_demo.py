@@ -185,3 +185,49 @@ def test_retrain_waits_for_late_features_and_continues_by_itself(tmp_path: Path)
     assert result["alias"] == "champion"
     kinds = [a["kind"] for a in read_alert_log(tmp_path)]
     assert kinds == ["features_late", "features_fresh"]
+
+
+def test_delayed_label_estimate_lands_near_the_realized_auc_and_drift_is_localised(
+    demo: tuple[FeatureStoreSettings, Warehouse],
+    trained: tuple[dict[str, ChurnModel], pl.DataFrame],
+) -> None:
+    """Churn v2 in production: score the newest matured snapshot as the service would, estimate
+    its AUC from the probabilities alone (calibrated on the previous, labelled snapshot), then
+    let the outcomes arrive from the warehouse and compare."""
+    from mlinfra_ops import (
+        cohort_performance,
+        detect_drift,
+        fit_calibration,
+        label_predictions,
+    )
+
+    _, warehouse = demo
+    models, evaluation = trained
+    model = models["churn_v2"]
+    reference_at, newest_at = sorted(evaluation["event_timestamp"].unique().to_list())
+    reference = evaluation.filter(pl.col("event_timestamp") == reference_at)
+    newest = evaluation.filter(pl.col("event_timestamp") == newest_at)
+    calibration = fit_calibration(model.predict_proba(reference), reference[CHURN_LABEL].to_numpy())
+    predictions = newest.select(
+        "customer_id",
+        pl.col("event_timestamp").alias("predicted_at"),
+        pl.Series("score", model.predict_proba(newest)),
+    )
+    labelled, _ = label_predictions(
+        predictions,
+        warehouse.scan("churn_events").collect(),
+        horizon=timedelta(days=30),
+        data_end=warehouse.data_end(),
+    )
+    # the outcomes join agrees with the training labels of the same snapshot
+    assert labelled["label"].to_list() == newest[CHURN_LABEL].cast(pl.Boolean).to_list()
+    (cohort,) = cohort_performance(labelled, calibration=calibration, n_boot=100)
+    assert cohort.matured and cohort.realized_roc_auc is not None
+    print(f"estimated {cohort.estimated}, realized ROC-AUC {cohort.realized_roc_auc:.4f}")
+    assert abs(cohort.estimated.roc_auc - cohort.realized_roc_auc) < 0.03, cohort.as_dict()
+
+    features = service_features("churn_v2")
+    numeric = [f for f in features if newest.schema[f].is_numeric()]
+    shifted = newest.with_columns(pl.col("support_tickets_30d") * 3 + 2)
+    report = detect_drift(reference, shifted, numeric)
+    assert report.drifted_features == ["support_tickets_30d"], report.features
