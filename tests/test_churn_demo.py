@@ -124,6 +124,62 @@ def test_retrain_flow_end_to_end(tmp_path: Path) -> None:
     assert Path(first["report"]).is_relative_to(tmp_path / "reports")
     second = retrain(cfg)["churn"]
     assert (second["semver"], second["alias"]) == ("1.0.1", "champion")
+    served_model_is_monitored(tmp_path, second["version"])
+
+
+def served_model_is_monitored(home: Path, version: str) -> None:
+    """The champion's weekly predictions, as the scoring service logs them, go through the
+    model-performance flow: estimated AUC per cohort, realised once matured, drift, alerts."""
+    import mlflow.catboost
+
+    from flows.model_performance import model_performance
+    from mlinfra_models import RegistrySettings, mlflow_client
+
+    mlflow_client(RegistrySettings(home=home))
+    booster = mlflow.catboost.load_model(f"models:/churn/{version}")
+    model = ChurnModel(booster=booster, features=service_features("churn_v2"))
+    store = FeatureStoreSettings(home=home)
+    dates = (
+        pl.scan_parquet(store.offline_dir / "customer_profile.parquet")
+        .select(pl.col("event_timestamp").unique().sort())
+        .collect()["event_timestamp"]
+        .to_list()[-8:]
+    )
+    for day in dates:  # one partition per day the service scored the population
+        rows = training_set(
+            store,
+            "churn_v2",
+            pl.DataFrame({"customer_id": range(2500)}).with_columns(
+                pl.lit(day).cast(pl.Datetime("us", "UTC")).alias("event_timestamp")
+            ),
+        ).drop_nulls(service_features("churn_v2"))
+        log = pl.DataFrame(
+            {
+                "request_id": [f"r{day:%Y%m%d}-{i}" for i in range(rows.height)],
+                "model": "churn",
+                "version": version,
+                "entity_id": rows["customer_id"],
+                "score": model.predict_proba(rows),
+                "timestamp": rows["event_timestamp"],
+            }
+        )
+        partition = home / "predictions" / "churn" / f"date={day:%Y-%m-%d}"
+        partition.mkdir(parents=True)
+        log.write_parquet(partition / "part-0.parquet")
+    (home / "predictions" / "churn" / "date=2000-01-01").mkdir()  # an empty partition
+    summary = model_performance(load("model_performance", [f"paths.home={home}", "auc_floor=0.99"]))
+    cohorts = summary["cohorts"]
+    assert len(cohorts) == len(dates)
+    matured = [c for c in cohorts if c["matured"]]
+    assert matured and not cohorts[-1]["matured"], "old cohorts matured, the newest has not"
+    for cohort in matured:
+        assert abs(cohort["estimated_roc_auc"] - cohort["realized_roc_auc"]) < 0.08, cohort
+    assert all(c["realized_roc_auc"] is None for c in cohorts if not c["matured"])
+    assert Path(summary["report"]).is_file()
+    assert set(summary["offline_roc_auc"]) == {version}
+    assert summary["offline_roc_auc"][version] > 0.7
+    kinds = [a["kind"] for a in read_alert_log(home)]
+    assert "estimated_auc_low" in kinds and "realized_auc_low" in kinds, "below the 0.99 floor"
 
 
 @pytest.mark.usefixtures("prefect_harness")

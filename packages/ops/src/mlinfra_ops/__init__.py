@@ -31,7 +31,9 @@ from mlinfra_ops.performance import (
     estimate_performance,
     fit_calibration,
     label_predictions,
+    render_performance_report,
     roc_auc,
+    write_text_atomic,
 )
 from mlinfra_ops.sinks import (
     SINK_TYPES,
@@ -85,11 +87,13 @@ __all__ = [
     "read_alert_log",
     "record_training_cost",
     "render_markdown",
+    "render_performance_report",
     "roc_auc",
     "send_alert",
     "spot_overhead",
     "summary_rows",
     "wait_for_fresh_features",
     "write_report",
+    "write_text_atomic",
     "young_interval",
 ]

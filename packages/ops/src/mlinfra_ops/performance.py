@@ -20,12 +20,19 @@ scikit-learn and the estimate against outcomes drawn from known probabilities.
 
 from __future__ import annotations
 
+import html
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from mlinfra_ops.drift import DriftReport
 
 __all__ = [
     "Calibration",
@@ -36,7 +43,9 @@ __all__ = [
     "estimate_performance",
     "fit_calibration",
     "label_predictions",
+    "render_performance_report",
     "roc_auc",
+    "write_text_atomic",
 ]
 
 
@@ -284,3 +293,74 @@ def cohort_performance(
             )
         )
     return out
+
+
+def render_performance_report(
+    *,
+    title: str,
+    cohorts: Sequence[CohortPerformance],
+    offline_roc_auc: Mapping[str, float],
+    drift: DriftReport | None,
+    facts: Mapping[str, str],
+    charts: Sequence[str] = (),
+) -> str:
+    """A self-contained HTML page: facts, the cohort table (estimated vs realised), drift per
+    feature. ``charts`` are inline SVG strings drawn by the caller."""
+
+    def number(value: float | None) -> str:
+        return "-" if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+    rows = "".join(
+        "<tr>"
+        f"<td>{c.cohort}</td><td>{c.n}</td><td>{'yes' if c.matured else 'not yet'}</td>"
+        f"<td>{number(c.estimated.roc_auc)} [{number(c.estimated.roc_auc_low)}, "
+        f"{number(c.estimated.roc_auc_high)}]</td>"
+        f"<td>{number(c.realized_roc_auc)}</td><td>{number(c.realized_pr_auc)}</td>"
+        f"<td>{number(c.estimated.expected_positive_rate)}</td>"
+        f"<td>{number(c.observed_positive_rate)}</td>"
+        "</tr>"
+        for c in cohorts
+    )
+    offline = ", ".join(f"v{v}: {auc:.4f}" for v, auc in offline_roc_auc.items()) or "-"
+    drift_html = ""
+    if drift is not None:
+        drift_rows = "".join(
+            f"<tr><td>{html.escape(f.feature)}</td><td>{f.psi:.4f}</td>"
+            f"<td>{'DRIFT' if f.drifted else 'ok'}</td></tr>"
+            for f in drift.features
+        )
+        drift_html = (
+            f"<h2>Drift against the training reference (PSI, flag at {drift.threshold})</h2>"
+            f"<p>dataset drift: <b>{'yes' if drift.dataset_drift else 'no'}</b></p>"
+            f"<table><tr><th>feature</th><th>PSI</th><th></th></tr>{drift_rows}</table>"
+        )
+    fact_rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items()
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table>{fact_rows}<tr><th>offline ROC-AUC of the served versions</th><td>{offline}</td></tr></table>
+<h2>Weekly cohorts: estimated before outcomes (CBPE, 95% interval) and realised after</h2>
+<table><tr><th>cohort</th><th>predictions</th><th>outcomes matured</th>
+<th>estimated ROC-AUC</th><th>realised ROC-AUC</th><th>realised PR-AUC</th>
+<th>expected positive rate</th><th>observed positive rate</th></tr>{rows}</table>
+{"".join(charts)}
+{drift_html}
+</body></html>
+"""
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    Path(tmp).replace(path)
+    return path
