@@ -1,5 +1,6 @@
 """Self-contained HTML evaluation reports: metrics vs the champion, ROC and calibration curves,
-and an ablation chart. Charts are inline SVG (matplotlib), so the file needs nothing else."""
+and an ablation chart; for classifiers, per-class F1 and confusion matrices. Charts are inline
+SVG (matplotlib), so the file needs nothing else."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlinfra_models.evaluation import BinaryEvaluation, Estimate
 
-__all__ = ["EvaluationReport", "write_report"]
+if TYPE_CHECKING:
+    from mlinfra_models.events import MulticlassEvaluation
+
+__all__ = [
+    "ClassificationReport",
+    "EvaluationReport",
+    "confusion_chart",
+    "write_classification_report",
+    "write_report",
+]
 
 
 @dataclass
@@ -159,3 +170,110 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
         fh.write(page)
     Path(tmp).replace(path)
     return path
+
+
+# -- classifiers (the event classifier) ------------------------------------------------------
+
+
+@dataclass
+class ClassificationReport:
+    """What one multi-class retrain's report shows: metrics vs the champion, per-class F1 and
+    the confusion matrix. ``champion`` is the champion on the same events (under its own
+    taxonomy when ``notes`` say the label sets differ)."""
+
+    title: str
+    candidate: MulticlassEvaluation
+    champion: MulticlassEvaluation | None = None
+    champion_label: str = "champion"
+    deltas: Mapping[str, Estimate] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    facts: Mapping[str, str] = field(default_factory=dict)
+    decision: str = ""
+
+
+def confusion_chart(evaluation: MulticlassEvaluation, title: str = "Confusion matrix") -> str:
+    """The confusion matrix (rows: labels, columns: predictions; row-normalised colours, counts
+    written in the cells) as inline SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(evaluation.confusion, dtype=float)
+    k = len(evaluation.labels)
+    rates = np.divide(cm, cm.sum(axis=1, keepdims=True), out=np.zeros_like(cm), where=cm > 0)
+    size = 2.5 + 0.32 * k
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                color="white" if rates[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(range(k), evaluation.labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), evaluation.labels, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="label (annotator majority)", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of the label's events")
+    return _svg(fig)
+
+
+def _write_page(page: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(page)
+    Path(tmp).replace(path)
+    return path
+
+
+def write_classification_report(report: ClassificationReport, path: Path) -> Path:
+    """Render a multi-class report to ``path`` (atomically) and return it."""
+    cand, champ = report.candidate, report.champion
+    facts = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in report.facts.items()
+    )
+    notes = "".join(f"<p class='decision'>{html.escape(n)}</p>" for n in report.notes)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{est}</td>"
+        f"<td>{champ.metrics[name] if champ else '-'}</td>"
+        f"<td>{report.deltas.get(name, '-')}</td></tr>"
+        for name, est in cand.metrics.items()
+    )
+    metrics = (
+        f"<table><tr><th>metric</th><th>candidate ({html.escape(cand.taxonomy_version)})</th>"
+        f"<th>{html.escape(report.champion_label)}</th><th>difference</th></tr>{rows}</table>"
+    )
+    per_class = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{int(s['support'])}</td>"
+        f"<td>{s['precision']:.3f}</td><td>{s['recall']:.3f}</td><td>{s['f1']:.3f}</td>"
+        f"<td>{f'{champ.per_class[name]["f1"]:.3f}' if champ and name in champ.per_class else '-'}"
+        "</td></tr>"
+        for name, s in cand.per_class.items()
+    )
+    charts = confusion_chart(cand, f"Candidate ({cand.taxonomy_version})")
+    if champ is not None:
+        charts += confusion_chart(champ, f"{report.champion_label} ({champ.taxonomy_version})")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(report.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 90rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
+.charts {{ display: flex; gap: 1rem; flex-wrap: wrap; }}
+.decision {{ padding: .6rem; background: #f3f6fa; border-left: 4px solid #4c72b0; }}
+</style></head><body>
+<h1>{html.escape(report.title)}</h1>
+<p class="decision">{html.escape(report.decision)}</p>
+{notes}
+<table>{facts}</table>
+<h2>Metrics on the evaluation window (95% bootstrap intervals)</h2>
+<p>{cand.n} events; labels are the annotators' majority label.</p>
+{metrics}
+<h2>Per category (candidate)</h2>
+<table><tr><th>category</th><th>events</th><th>precision</th><th>recall</th><th>F1</th>
+<th>{html.escape(report.champion_label)} F1</th></tr>{per_class}</table>
+<h2>Confusion matrices</h2>
+<div class="charts">{charts}</div>
+</body></html>
+"""
+    return _write_page(page, path)
