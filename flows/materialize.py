@@ -94,11 +94,34 @@ def materialize(
     root = prepare_sources(features_cfg)
     offline = build_offline_store(features_cfg, root)
     end = max(datetime.now(UTC), Warehouse(Path(root)).data_end() + timedelta(seconds=1))
-    runs = materialize_online(features_cfg, end.isoformat())
     store: FeatureStoreSettings = build(features_cfg["store"])
+    before = {v.feature_view: v.state for v in freshness(store)}
+    runs = materialize_online(features_cfg, end.isoformat())
     states = {v.feature_view: v.state for v in freshness(store)}
-    print(f"feature store at {store.feast_dir}; freshness: {states}")
-    return {"offline_rows": offline, "runs": runs, "freshness": states}
+    recovered = announce_recovered_views(before, states)
+    print(f"feature store at {store.feast_dir}; freshness: {states}; recovered: {recovered}")
+    return {"offline_rows": offline, "runs": runs, "freshness": states, "recovered": recovered}
+
+
+#: The Prefect event a view emits when a materialization makes it fresh after it was late,
+#: failed or missing; prefect.yaml triggers the weekly anomaly-detector retrain on it.
+RECOVERED_EVENT = "mlinfra.feature_view.recovered"
+
+
+def announce_recovered_views(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Emit :data:`RECOVERED_EVENT` for every view that was not fresh and now is."""
+    from prefect.events import emit_event
+
+    recovered = sorted(
+        v for v, state in after.items() if state == "fresh" and before.get(v) != "fresh"
+    )
+    for view in recovered:
+        emit_event(
+            event=RECOVERED_EVENT,
+            resource={"prefect.resource.id": f"mlinfra.feature_view.{view}", "view": view},
+            payload={"was": before.get(view, "missing")},
+        )
+    return recovered
 
 
 def main(argv: list[str] | None = None) -> None:
