@@ -1,7 +1,8 @@
 """Retrain flow: the platform's main command.
 
     uv run python -m flows.retrain [hydra overrides, e.g. model=churn features.n_customers=2000,
-                                     model=anomaly_detector compute=gpu]
+                                     model=anomaly_detector compute=gpu,
+                                     model=event_classifier taxonomy=v2]
 
 On an empty platform home it first runs the materialize flow on the demo warehouse. Before
 training it checks the freshness of the feature views the model reads: per the model's policy it
@@ -9,6 +10,13 @@ stops at once (churn) or alerts once and waits for the features to land (the wee
 detector), and never trains on stale data. Then each selected model is trained, evaluated against
 its champion on the same window, reported, registered in MLflow and gated; its training time and
 device cost are recorded on its MLflow run.
+
+The event classifier trains under the taxonomy that ``taxonomy`` names: a version shipped with
+``mlinfra_features`` (``v1``), a YAML file path, or another version name (``v2``), which means
+the newest taxonomy of that version proposed by ``python -m flows.label_review`` under
+``<home>/reports/labels/<time>/taxonomy-v2.yaml``. When there is none the run fails and says to
+run the label review first; it does not run it by itself, because a proposed taxonomy is meant
+to be read (its report) before a model is trained on it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 
 from flows.config import build, load
+from flows.label_review import resolve_taxonomy
 from flows.materialize import materialize, warehouse_dir
 from mlinfra_features import (
     VIEWS,
@@ -43,12 +52,15 @@ from mlinfra_models import (
     AnomalySettings,
     AnomalyWindow,
     ChurnSettings,
+    EventClassifierSettings,
     RegistrySettings,
     churn_labels,
     config_hash,
     retrain_anomaly_detector,
     retrain_churn,
+    retrain_event_classifier,
 )
+from mlinfra_models.labels import Taxonomy, TaxonomyError, load_taxonomy
 from mlinfra_ops import (
     GpuPrices,
     LogSink,
@@ -246,6 +258,89 @@ def retrain_anomaly_task(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def event_taxonomy(name: str, proposals_dir: Path) -> tuple[Taxonomy, str]:
+    """The taxonomy ``taxonomy=NAME`` selects, and where it came from (see the module doc)."""
+    try:
+        return resolve_taxonomy(name), name
+    except TaxonomyError:
+        if Path(name).is_file():
+            raise  # a file that is not a valid taxonomy
+    proposals = sorted(Path(proposals_dir).glob(f"*/taxonomy-{name}.yaml"))
+    if not proposals:
+        raise FileNotFoundError(
+            f"taxonomy={name}: not a shipped taxonomy version or a file, and no proposed "
+            f"taxonomy {proposals_dir}/*/taxonomy-{name}.yaml exists; run "
+            "`uv run python -m flows.label_review` first (it proposes taxonomy-v2.yaml), or "
+            "pass taxonomy=/path/to/taxonomy.yaml"
+        )
+    return load_taxonomy(proposals[-1]), str(proposals[-1])
+
+
+@task
+def retrain_event_task(cfg: dict[str, Any]) -> dict[str, Any]:
+    logger = get_run_logger()
+    started = time.perf_counter()
+    node = cfg["model"]["event_classifier"]
+    taxonomy, origin = event_taxonomy(str(cfg["taxonomy"]), Path(node["proposals_dir"]))
+    store: FeatureStoreSettings = build(cfg["features"]["store"])
+    settings: EventClassifierSettings = build(node["settings"])
+    warehouse = Warehouse(warehouse_dir(store))
+    annotations = warehouse.scan("event_annotations").collect()
+    events = (
+        warehouse.scan("product_events")
+        .select("event_id", "event_timestamp")
+        .join(annotations.lazy().select("event_id").unique(), on="event_id", how="semi")
+        .collect()
+    )
+    logger.info(f"taxonomy {taxonomy.version} ({len(taxonomy)} categories) from {origin}")
+    result = retrain_event_classifier(
+        annotations,
+        events,
+        lambda service, rows: training_set(store, service, rows),
+        settings,
+        taxonomy=taxonomy,
+        annotation_taxonomy=resolve_taxonomy(str(node["annotation_taxonomy"])),
+        registry=build(cfg["registry"]),
+        report_dir=Path(cfg["reports_dir"]),
+        gate_settings=build(node["gate"]),
+        tags={"git_revision": git_revision(), "config_hash": config_hash(cfg)},
+        log=logger.info,
+    )
+    record_cost(cfg, result.run_id, time.perf_counter() - started, device_count=1, on_gpu=False)
+    macro_f1 = result.metrics["macro_f1"]
+    note = f"event_classifier: macro-F1 {macro_f1:.4f} under {result.taxonomy_version}"
+    change = result.macro_f1_change
+    if change is not None:
+        kind = "like-for-like" if result.like_for_like else "the label sets differ"
+        note += (
+            f"; change vs the {result.champion_taxonomy_version} champion "
+            f"{change.value:+.4f} [{change.low:+.4f}, {change.high:+.4f}] ({kind})"
+        )
+    if result.champion_mapped_macro_f1 is not None:
+        note += (
+            f"; the champion's predictions mapped to {result.taxonomy_version}: "
+            f"{result.champion_mapped_macro_f1:.4f}"
+        )
+    return {
+        "version": result.version,
+        "semver": result.semver,
+        "alias": result.alias,
+        "decision": result.decision.reason,
+        "report": str(result.report_path),
+        "run_id": result.run_id,
+        "taxonomy_version": result.taxonomy_version,
+        "taxonomy_source": origin,
+        "macro_f1": macro_f1,
+        "accuracy": result.metrics["accuracy"],
+        "champion_taxonomy_version": result.champion_taxonomy_version,
+        "champion_macro_f1": (result.champion_metrics or {}).get("macro_f1"),
+        "macro_f1_change": change.value if change is not None else None,
+        "like_for_like": result.like_for_like,
+        "champion_mapped_macro_f1": result.champion_mapped_macro_f1,
+        "note": note,
+    }
+
+
 TRAINERS = {
     "churn": (
         retrain_churn_task,
@@ -257,6 +352,10 @@ TRAINERS = {
     "anomaly_detector": (
         retrain_anomaly_task,
         lambda cfg: [cfg["model"]["anomaly_detector"]["window"]["feature_service"]],
+    ),
+    "event_classifier": (
+        retrain_event_task,
+        lambda cfg: [cfg["model"]["event_classifier"]["settings"]["feature_service"]],
     ),
 }
 
@@ -283,6 +382,8 @@ def retrain(
             f"{name}: version {results[name]['version']} ({results[name]['semver']}) -> "
             f"{results[name]['alias']}; report: {results[name]['report']}"
         )
+        if results[name].get("note"):
+            print(results[name]["note"])
     return results
 
 
