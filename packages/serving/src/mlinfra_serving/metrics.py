@@ -1,0 +1,114 @@
+"""Prometheus metrics of the service, in a registry of its own (one per app, so that several
+apps in one process, as in the tests, do not collide).
+
+With ``--workers N`` each uvicorn worker process counts its own requests; ``/metrics`` answers
+with the counts of whichever worker took the scrape (scrape each worker, or run one worker per
+container as usual behind a load balancer).
+
+Importing Feast (``feast.metrics``) sets ``PROMETHEUS_MULTIPROC_DIR`` to a temporary folder, which
+switches ``prometheus_client`` to file-backed multiprocess values for every metric created
+afterwards: slower, and shared between apps of one process. :class:`ServingMetrics` switches it
+back to in-process values when it is created (at app creation, never at import).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["MetricsMiddleware", "ServingMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import values
+
+        values.ValueClass = values.MutexValue
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mlinfra_serving_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mlinfra_serving_request_seconds",
+            "HTTP request latency by route template.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.lookups = Counter(
+            "mlinfra_serving_online_lookups",
+            "Online-feature lookups per feature view, found or not found.",
+            ["feature_view", "result"],
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "mlinfra_serving_predictions",
+            "Predictions served, by model and version.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "mlinfra_serving_model_version_info",
+            "The loaded champion of each model (value 1), with its version and semver.",
+            ["model", "version", "semver"],
+            registry=self.registry,
+        )
+        self.logged = Counter(
+            "mlinfra_serving_predictions_logged",
+            "Predictions written to the prediction log.",
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "mlinfra_serving_predictions_dropped",
+            "Predictions that could not be queued or written to the prediction log.",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "mlinfra_serving_model_reloads",
+            "Champion swaps (a new version loaded, or a model removed), by model.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def forget_model_version(self, model: str, version: str, semver: str) -> None:
+        with warnings.catch_warnings():  # the multiprocess-mode warning does not apply
+            warnings.simplefilter("ignore")
+            self.model_version.remove(model, version, semver)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts requests and times them per matched route template."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(label, scope["method"], str(status["code"])).inc()
