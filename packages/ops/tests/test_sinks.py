@@ -15,6 +15,7 @@ import pytest
 
 from mlinfra_ops import (
     Alert,
+    EmailSink,
     JsonWebhookSink,
     LogSink,
     RetryPolicy,
@@ -192,3 +193,49 @@ def test_a_missing_secret_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLINFRA_TEST_SLACK_URL", raising=False)
     with pytest.raises(SinkError, match="MLINFRA_TEST_SLACK_URL is not set"):
         SlackWebhookSink(url_env="MLINFRA_TEST_SLACK_URL", retry=FAST).send(ALERT)
+
+
+def test_email_sink_delivers_to_a_real_smtp_server() -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    received: list[Any] = []
+
+    class Inbox(Message):  # type: ignore[misc]
+        def handle_message(self, message: Any) -> None:
+            received.append(message)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        EmailSink(
+            host="127.0.0.1",
+            port=port,
+            sender="mlinfra@example.com",
+            recipients=["ml-oncall@example.com", "data-eng@example.com"],
+            retry=FAST,
+        ).send(ALERT)
+    finally:
+        controller.stop()
+    (message,) = received
+    assert message["Subject"] == "[mlinfra] WARNING features_late: customer_logins"
+    assert message["To"] == "ml-oncall@example.com, data-eng@example.com"
+    body = message.get_payload()
+    assert "late by 1 day" in body and 'downstream: ["churn"]' in body
+
+
+def test_an_unreachable_smtp_server_is_a_named_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SinkError, match=rf"email to smtp://127\.0\.0\.1:{port} failed after 3"):
+        EmailSink(
+            host="127.0.0.1",
+            port=port,
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            retry=FAST,
+        ).send(ALERT)
