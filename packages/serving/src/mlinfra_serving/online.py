@@ -157,35 +157,40 @@ class OnlineFeatureReader:
     def _read_sqlite(
         self, key: str, views: dict[str, list[str]], ids: list[int]
     ) -> tuple[dict[str, list[Any]], dict[str, list[datetime | None]]]:
+        """One statement for all the service's views (``UNION ALL``), one round trip."""
         from feast.protos.feast.types.Value_pb2 import Value
 
         conn = self._connection()
         unique = list(dict.fromkeys(ids))
         keys = [self._entity_key(key, i) for i in unique]
         position = {k: n for n, k in enumerate(keys)}
+        names = list(views)
         marks = ",".join("?" * len(keys))
+        query = " UNION ALL ".join(
+            f"SELECT {v}, entity_key, feature_name, value, event_ts "
+            f'FROM "{self._tables[name]}" WHERE entity_key IN ({marks}) '
+            f"AND feature_name IN ({','.join(repr(f) for f in views[name])})"
+            for v, name in enumerate(names)
+        )
+        values: list[list[dict[str, Any] | None]] = [[None] * len(keys) for _ in names]
+        stamps: list[list[Any]] = [[None] * len(keys) for _ in names]
+        for v, entity_key, feature, blob, ts in conn.execute(query, keys * len(names)):
+            n = position[entity_key]
+            found = values[v][n]
+            if found is None:
+                found = values[v][n] = {}
+                stamps[v][n] = ts
+            found[feature] = _value(Value.FromString(blob))
+        index = (
+            [position[self._entity_key(key, i)] for i in ids] if len(unique) < len(ids) else None
+        )
         columns: dict[str, list[Any]] = {}
         timestamps: dict[str, list[datetime | None]] = {}
-        for view, features in views.items():
-            wanted = set(features)
-            values: list[dict[str, Any] | None] = [None] * len(keys)
-            stamps: list[Any] = [None] * len(keys)
-            query = (
-                f'SELECT entity_key, feature_name, value, event_ts FROM "{self._tables[view]}" '
-                f"WHERE entity_key IN ({marks})"
-            )
-            for entity_key, feature, blob, ts in conn.execute(query, keys):
-                n = position[entity_key]
-                found = values[n]
-                if found is None:
-                    found = values[n] = {}
-                    stamps[n] = ts
-                if feature in wanted:
-                    found[feature] = _value(Value.FromString(blob))
-            index = {i: n for n, i in enumerate(unique)}
-            rows = [values[index[i]] for i in ids]
-            timestamps[view] = [_timestamp(stamps[index[i]]) for i in ids]
-            for feature in features:
+        for v, name in enumerate(names):
+            rows = values[v] if index is None else [values[v][n] for n in index]
+            raw = stamps[v] if index is None else [stamps[v][n] for n in index]
+            timestamps[name] = [_timestamp(ts) for ts in raw]
+            for feature in views[name]:
                 columns[feature] = [r.get(feature) if r is not None else None for r in rows]
         return columns, timestamps
 
