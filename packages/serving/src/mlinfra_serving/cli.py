@@ -77,4 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         log_level=args.log_level,
         access_log=False,
+        # A worker loads Feast, MLflow and the champions before it answers the supervisor's
+        # pings: seconds on a busy machine, longer than uvicorn's default 5 s.
+        timeout_worker_healthcheck=120,
     )
