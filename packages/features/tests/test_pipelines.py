@@ -203,3 +203,12 @@ def test_snapshot_grid_rejects_an_inverted_window() -> None:
     with pytest.raises(ValueError, match="precedes its start"):
         snapshot_grid(end, end + timedelta(days=1), timedelta(days=7))
     assert snapshot_grid(end, end - timedelta(days=14), timedelta(days=7)).height == 3
+
+
+def test_churn_views_come_out_in_the_same_order_every_run(warehouse: Warehouse) -> None:
+    from mlinfra_features.pipelines import churn_features
+
+    first, second = (pl.collect_all(list(churn_features(warehouse).values())) for _ in range(2))
+    for one, other in zip(first, second, strict=True):
+        assert one.equals(other)
+        assert one.select(pl.col("customer_id").is_sorted()).item()  # as the customers table

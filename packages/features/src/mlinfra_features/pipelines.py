@@ -94,14 +94,15 @@ def _snapshot_spans(warehouse: Warehouse, snapshots: _Snapshots) -> pl.LazyFrame
     """Each customer's snapshots, as a range of indices ``first_k <= k <= last_k``.
 
     The customer is in the population at snapshot ``k`` when signed up at or before it and not
-    churned at or before it. Customers with no snapshot are left out.
+    churned at or before it. Customers with no snapshot are left out; the others keep the order
+    of the customers table, and so do the churn views' rows.
     """
     step = snapshots.step_us
     churn = warehouse.scan("churn_events").group_by("customer_id").agg(pl.col("churned_at").min())
     return (
         warehouse.scan("customers")
         .select("customer_id", "signup_at")
-        .join(churn, on="customer_id", how="left")
+        .join(churn, on="customer_id", how="left", maintain_order="left")
         .select(
             "customer_id",
             # signup <= end - k * step  <=>  k <= (end - signup) // step
@@ -111,15 +112,6 @@ def _snapshot_spans(warehouse: Warehouse, snapshots: _Snapshots) -> pl.LazyFrame
         )
         .with_columns(pl.col("last_k").cast(pl.Int32), pl.col("first_k").cast(pl.Int32))
         .filter(pl.col("first_k") <= pl.col("last_k"))
-    )
-
-
-def _population(spans: pl.LazyFrame, snapshots: _Snapshots) -> pl.LazyFrame:
-    """(customer_id, event_timestamp) for every customer signed up and not churned yet."""
-    return (
-        spans.select("customer_id", k=pl.int_ranges(pl.col("last_k"), pl.col("first_k") - 1, -1))
-        .explode("k")
-        .select("customer_id", snapshots.time())
     )
 
 
@@ -133,7 +125,8 @@ def _window_counts(
 ) -> pl.LazyFrame:
     """Count each customer's events in ``(t - window, t]`` at each of their snapshots ``t``.
 
-    Rows are the population (customer, snapshot), sorted by customer and time. With
+    Rows are the population (customer, snapshot), customer by customer in the order of
+    ``spans`` and oldest snapshot first. With
     ``last_event``, also ``last_event_at``: the customer's latest event at or before ``t``.
 
     The snapshots are ``step`` apart, so time falls into buckets ``(end - (j + 1) * step,
@@ -209,14 +202,21 @@ def churn_features(
     start = min(end, first_login + timedelta(weeks=TREND_WEEKS))
     snapshots = _Snapshots.of(snapshot_grid(end, start, cadence), cadence)
     spans = _snapshot_spans(warehouse, snapshots).collect().lazy()
-    population = _population(spans, snapshots)
 
+    # One row per customer and snapshot, oldest first: each customer's row, repeated.
     profile = (
-        population.join(warehouse.scan("customers"), on="customer_id", how="left")
-        .with_columns(
-            account_age_days=(pl.col(_TS) - pl.col("signup_at")).dt.total_days().cast(pl.Int64)
+        spans.join(warehouse.scan("customers"), on="customer_id", how="left", maintain_order="left")
+        .with_columns(k=pl.int_ranges(pl.col("last_k"), pl.col("first_k") - 1, -1))
+        .explode("k")
+        .with_columns(snapshots.time())
+        .select(
+            "customer_id",
+            _TS,
+            "plan",
+            "seats",
+            "monthly_spend",
+            account_age_days=(pl.col(_TS) - pl.col("signup_at")).dt.total_days().cast(pl.Int64),
         )
-        .select("customer_id", _TS, "plan", "seats", "monthly_spend", "account_age_days")
     )
 
     week_windows = {f"w{k}": timedelta(weeks=k) for k in range(1, TREND_WEEKS + 1)}
