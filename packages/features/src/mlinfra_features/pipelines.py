@@ -119,15 +119,17 @@ def _window_counts(
     events: pl.LazyFrame,
     spans: pl.LazyFrame,
     snapshots: _Snapshots,
-    windows: dict[str, timedelta],
+    windows: dict[str, timedelta | dict[timedelta, float]],
     *,
     last_event: bool = False,
 ) -> pl.LazyFrame:
     """Count each customer's events in ``(t - window, t]`` at each of their snapshots ``t``.
 
-    Rows are the population (customer, snapshot), customer by customer in the order of
-    ``spans`` and oldest snapshot first. With
-    ``last_event``, also ``last_event_at``: the customer's latest event at or before ``t``.
+    A column of ``windows`` is one window's count, or a weighted sum of several windows'
+    counts (a float), which costs one column instead of one per window. With ``last_event``,
+    also ``last_event_at``: the customer's latest event at or before ``t``. Rows are the
+    population (customer, snapshot), customer by customer in the order of ``spans`` and oldest
+    snapshot first.
 
     The snapshots are ``step`` apart, so time falls into buckets ``(end - (j + 1) * step,
     end - j * step]``, and a window of ``q`` steps and ``r < step`` is, at snapshot ``k``, the
@@ -137,16 +139,24 @@ def _window_counts(
     sum over neighbouring rows: exact, with no stream of events and snapshots to sort.
     """
     step = snapshots.step_us
-    splits = {
-        name: divmod(window // timedelta(microseconds=1), step) for name, window in windows.items()
+    # Each column as {(q, r): weight}: a window of q whole steps and r more.
+    terms = {
+        name: {
+            divmod(window // timedelta(microseconds=1), step): weight
+            for window, weight in (spec.items() if isinstance(spec, dict) else [(spec, 1.0)])
+        }
+        for name, spec in windows.items()
     }
-    heads = sorted({r for _, r in splits.values() if r > 0})
+    heads = sorted({r for parts in terms.values() for _, r in parts if r > 0})
     # Every customer's rows run from this bucket, which also takes all older events (they only
     # matter for ``last_event_at``), to their newest snapshot. The windows of the oldest
     # snapshot reach the bucket after it, so no window takes a row of another customer.
-    oldest = snapshots.size + max(q for q, _ in splits.values())
+    oldest = snapshots.size + max(q for parts in terms.values() for q, _ in parts)
     length = (oldest + 1 - pl.col("first_k")).cast(pl.Int64)
     spans = spans.with_columns(offset=length.cum_sum() - length)  # the customer's first row
+    # Row numbers are join and group keys: 4 bytes each where they fit.
+    rows = spans.select(pl.len()).collect().item() * (oldest + 1)
+    row_type = pl.UInt32 if rows < 2**32 else pl.UInt64
     dense = (
         spans.select(
             "customer_id",
@@ -154,7 +164,7 @@ def _window_counts(
             k=pl.int_ranges(oldest, pl.col("first_k") - 1, -1, dtype=pl.Int32),
         )
         .explode("k")
-        .with_columns(row=pl.int_range(pl.len(), dtype=pl.Int64))
+        .with_columns(row=pl.int_range(pl.len(), dtype=row_type))
     )
     bucket = pl.min_horizontal(pl.col("age") // step, oldest)
     buckets = (
@@ -162,22 +172,33 @@ def _window_counts(
         .filter(pl.col("age") >= 0)
         .join(spans.select("customer_id", "offset", "first_k"), on="customer_id")
         .filter(bucket >= pl.col("first_k"))  # none, unless there are events after churn
-        .group_by(row=pl.col("offset") + oldest - bucket)
+        .group_by(row=(pl.col("offset") + oldest - bucket).cast(row_type))
         .agg(
             pl.len().cast(pl.Int32).alias("n"),
             *[(pl.col("age") % step < r).sum().cast(pl.Int32).alias(f"head_{r}") for r in heads],
             *([pl.col(_TS).max().alias("last_at")] if last_event else []),
         )
-        .sort("row")
     )
-    # Both sides are sorted by row: a merge join.
     dense = dense.join(buckets, on="row", how="left", maintain_order="left").drop("row")
 
-    def window_sum(q: int, r: int) -> pl.Expr:
-        full = pl.col("n").fill_null(0).rolling_sum(q) if q else pl.lit(0, pl.Int32)
-        return full + pl.col(f"head_{r}").fill_null(0).shift(q) if r else full
+    def window_sum(parts: dict[tuple[int, int], float]) -> pl.Expr:
+        """The weighted sum of window counts: one rolling sum over the buckets, each bucket
+        weighted by the windows that take it, plus the part-buckets at the windows' far ends.
+        (Exact for weights in halves: the counts are small integers.)"""
+        count = pl.col("n").fill_null(0)
+        ((q, r), weight), *more = parts.items()
+        if not more and weight == 1:  # one window: an integer count
+            full = count.rolling_sum(q) if q else pl.lit(0, pl.Int32)
+            return full + pl.col(f"head_{r}").fill_null(0).shift(q) if r else full
+        reach = max(q for q, _ in parts)
+        by_age = [sum(w for (q, _), w in parts.items() if q > j) for j in range(reach)]
+        total = count.cast(pl.Float64).rolling_sum(reach, weights=by_age[::-1]) if reach else 0.0
+        for (q, r), w in parts.items():
+            if r:
+                total = total + w * pl.col(f"head_{r}").fill_null(0).shift(q)
+        return pl.lit(total) if isinstance(total, float) else total
 
-    columns = [window_sum(q, r).alias(name) for name, (q, r) in splits.items()]
+    columns = [window_sum(parts).alias(name) for name, parts in terms.items()]
     if last_event:
         # The newest event in this bucket or an earlier one, if it is the same customer's.
         of = pl.when(pl.col("last_at").is_not_null()).then(pl.col("customer_id")).forward_fill()
@@ -206,7 +227,14 @@ def churn_features(
     # One row per customer and snapshot, oldest first: each customer's row, repeated.
     profile = (
         spans.join(warehouse.scan("customers"), on="customer_id", how="left", maintain_order="left")
-        .with_columns(k=pl.int_ranges(pl.col("last_k"), pl.col("first_k") - 1, -1))
+        .select(
+            "customer_id",
+            "signup_at",
+            "plan",
+            "seats",
+            "monthly_spend",
+            k=pl.int_ranges(pl.col("last_k"), pl.col("first_k") - 1, -1),
+        )
         .explode("k")
         .with_columns(snapshots.time())
         .select(
@@ -219,23 +247,28 @@ def churn_features(
         )
     )
 
-    week_windows = {f"w{k}": timedelta(weeks=k) for k in range(1, TREND_WEEKS + 1)}
+    # The trend: the least-squares slope of the last eight weekly counts, x = 7 for the latest
+    # week down to 0 for the oldest (centred at 3.5), over their mean plus 0.5. Week j's count
+    # is the j-week window's minus the (j - 1)-week window's, so the slope's numerator is a
+    # weighted sum of windows: x_j - x_(j+1) for the j-week window, x_8 for the 8-week one.
+    centred_x = [(TREND_WEEKS - j) - (TREND_WEEKS - 1) / 2 for j in range(1, TREND_WEEKS + 1)]
+    slope_terms = {
+        timedelta(weeks=j): x - (centred_x[j] if j < TREND_WEEKS else 0.0)
+        for j, x in enumerate(centred_x, start=1)
+    }
     counts = _window_counts(
         logins,
         spans,
         snapshots,
-        {"logins_30d": timedelta(days=30), **week_windows},
+        {
+            "logins_30d": timedelta(days=30),
+            "weeks": timedelta(weeks=TREND_WEEKS),
+            "slope": slope_terms,
+        },
         last_event=True,
     )
-    weekly = [
-        pl.col(f"w{k}") - (pl.col(f"w{k - 1}") if k > 1 else 0) for k in range(1, TREND_WEEKS + 1)
-    ]
-    # x = 7 for the latest week (k=1) down to 0 for the oldest (k=8), centred at 3.5.
-    centred_x = [(TREND_WEEKS - k) - (TREND_WEEKS - 1) / 2 for k in range(1, TREND_WEEKS + 1)]
-    slope = pl.sum_horizontal([c * x for c, x in zip(weekly, centred_x, strict=True)]) / sum(
-        x * x for x in centred_x
-    )
-    mean = pl.col(f"w{TREND_WEEKS}") / TREND_WEEKS
+    slope = pl.col("slope") / sum(x * x for x in centred_x)
+    mean = pl.col("weeks") / TREND_WEEKS
     login_view = counts.select(
         "customer_id",
         _TS,
