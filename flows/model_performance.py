@@ -201,7 +201,7 @@ def evaluate_served_model(cfg: dict[str, Any]) -> dict[str, Any]:
         facts=facts,
         charts=[chart(cohorts, cfg["auc_floor"])],
     )
-    report = write_text_atomic(page, out_dir / f"{name}-{stamp}.html")
+    report = write_text_atomic(out_dir / f"{name}-{stamp}.html", page)
     summary = {
         "cohorts": [c.as_dict() for c in cohorts],
         "offline_roc_auc": offline,
@@ -211,7 +211,7 @@ def evaluate_served_model(cfg: dict[str, Any]) -> dict[str, Any]:
         },
         "report": str(report),
     }
-    write_text_atomic(json.dumps(summary, indent=2, default=str), report.with_suffix(".json"))
+    write_text_atomic(report.with_suffix(".json"), json.dumps(summary, indent=2, default=str))
     alert_on(cfg, name, cohorts, drift)
     logger.info("report: %s", report)
     return summary

@@ -51,11 +51,9 @@ from mlinfra_models.registry import (
     RegistrySettings,
     champion,
     gate,
-    latest_semver,
     mlflow_client,
-    promote,
-    register,
-    semantic_version,
+    next_semver,
+    publish,
 )
 from mlinfra_models.report import EvaluationReport, write_report
 from mlinfra_models.retraining import FeatureSource, GateSettings
@@ -282,11 +280,7 @@ def retrain_anomaly_detector(
         gate_settings.tolerance,
     )
     contract = Contract(features=list(model.features), output=OUTPUT)
-    semver = semantic_version(
-        contract,
-        current.contract if current else None,
-        latest_semver(client, MODEL_NAME) if current else None,
-    )
+    semver = next_semver(client, MODEL_NAME, contract, current)
     data_window = f"{split.train_start:%Y-%m-%d} .. {split.end:%Y-%m-%d}"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     facts = {
@@ -356,18 +350,17 @@ def retrain_anomaly_detector(
         report_path=report_path,
         tags={"model_name": MODEL_NAME, **lineage},
     )
-    version = register(
+    version, alias = publish(
         client,
         MODEL_NAME,
         run_id,
-        "model",
+        contract=contract,
         tags={
             **lineage,
-            "contract": contract.to_json(),
             "pr_auc": f"{ranking.metrics['pr_auc'].value:.6f}",
         },
+        decision=decision,
     )
-    alias = promote(client, MODEL_NAME, version, decision)
     log(
         f"registered anomaly_detector version {version} (semver {semver}) as {alias}: "
         f"{decision.reason}"

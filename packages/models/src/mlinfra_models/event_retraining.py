@@ -68,11 +68,9 @@ from mlinfra_models.registry import (
     RegistrySettings,
     champion,
     gate,
-    latest_semver,
     mlflow_client,
-    promote,
-    register,
-    semantic_version,
+    next_semver,
+    publish,
 )
 from mlinfra_models.report import ClassificationReport, write_classification_report
 from mlinfra_models.retraining import FeatureSource
@@ -355,11 +353,7 @@ def retrain_event_classifier(
         output=OUTPUT,
         extras={"taxonomy_version": taxonomy.version, "taxonomy_digest": digest},
     )
-    semver = semantic_version(
-        contract,
-        current.contract if current else None,
-        latest_semver(client, MODEL_NAME) if current else None,
-    )
+    semver = next_semver(client, MODEL_NAME, contract, current)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     window = split.window()
     notes = []
@@ -430,18 +424,17 @@ def retrain_event_classifier(
         report_path=report_path,
         tags={"model_name": MODEL_NAME, **lineage},
     )
-    version = register(
+    version, alias = publish(
         client,
         MODEL_NAME,
         run_id,
-        "model",
+        contract=contract,
         tags={
             **lineage,
-            "contract": contract.to_json(),
             "macro_f1": f"{evaluation.metrics['macro_f1'].value:.6f}",
         },
+        decision=decision,
     )
-    alias = promote(client, MODEL_NAME, version, decision)
     log(
         f"registered event_classifier version {version} (semver {semver}, taxonomy "
         f"{taxonomy.version}) as {alias}: {decision.reason}"

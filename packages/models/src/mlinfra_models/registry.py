@@ -33,7 +33,9 @@ __all__ = [
     "champion",
     "gate",
     "mlflow_client",
+    "next_semver",
     "promote",
+    "publish",
     "register",
     "semantic_version",
 ]
@@ -246,3 +248,30 @@ def promote(client: Any, model_name: str, version: str, decision: GateDecision) 
     alias = CHAMPION if decision.promote else CHALLENGER
     client.set_registered_model_alias(model_name, alias, version)
     return alias
+
+
+def next_semver(
+    client: Any, model_name: str, contract: Contract, current: ChampionVersion | None
+) -> str:
+    """The candidate's semantic version against the champion (1.0.0 when there is none)."""
+    if current is None:
+        return semantic_version(contract, None, None)
+    return semantic_version(contract, current.contract, latest_semver(client, model_name))
+
+
+def publish(
+    client: Any,
+    model_name: str,
+    run_id: str,
+    *,
+    contract: Contract,
+    tags: Mapping[str, str],
+    decision: GateDecision,
+) -> tuple[str, str]:
+    """The last step of every retrain: register the finished run's ``model`` with its tags and
+    contract, then move ``champion`` (or ``challenger``) per the gate. Returns (version, alias).
+    """
+    version = register(
+        client, model_name, run_id, "model", tags={**tags, "contract": contract.to_json()}
+    )
+    return version, promote(client, model_name, version, decision)

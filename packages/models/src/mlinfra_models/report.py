@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import html
 import io
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlinfra_models._atomic import write_text_atomic
 from mlinfra_models.evaluation import BinaryEvaluation, Estimate
 
 if TYPE_CHECKING:
@@ -41,6 +40,21 @@ class EvaluationReport:
     ablation_auc: Mapping[str, float] = field(default_factory=dict)
     facts: Mapping[str, str] = field(default_factory=dict)
     decision: str = ""
+
+
+def _page_head(title: str, decision: str, *, width_rem: int) -> str:
+    """The opening of every report page: title, shared style and the gate's decision."""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: {width_rem}rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
+.charts {{ display: flex; gap: 1rem; flex-wrap: wrap; }}
+.decision {{ padding: .6rem; background: #f3f6fa; border-left: 4px solid #4c72b0; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="decision">{html.escape(decision)}</p>"""
 
 
 def _svg(fig: object) -> str:
@@ -145,17 +159,9 @@ def write_report(report: EvaluationReport, path: Path) -> Path:
             "<table><tr><th>variant</th><th>ROC-AUC</th><th>candidate - variant</th></tr>"
             f"{rows}</table>{_ablation_chart(report.ablation)}"
         )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(report.title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color: #222; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }}
-td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
-.charts {{ display: flex; gap: 1rem; flex-wrap: wrap; }}
-.decision {{ padding: .6rem; background: #f3f6fa; border-left: 4px solid #4c72b0; }}
-</style></head><body>
-<h1>{html.escape(report.title)}</h1>
-<p class="decision">{html.escape(report.decision)}</p>
+    page = (
+        _page_head(report.title, report.decision, width_rem=70)
+        + f"""
 <table>{facts}</table>
 <h2>Metrics on the evaluation window (95% bootstrap intervals)</h2>
 <p>{report.candidate.n} rows, {report.candidate.positives} positives.</p>
@@ -164,12 +170,8 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
 {ablation}
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(page)
-    Path(tmp).replace(path)
-    return path
+    )
+    return write_text_atomic(path, page)
 
 
 # -- classifiers (the event classifier) ------------------------------------------------------
@@ -216,15 +218,6 @@ def confusion_chart(evaluation: MulticlassEvaluation, title: str = "Confusion ma
     return _svg(fig)
 
 
-def _write_page(page: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(page)
-    Path(tmp).replace(path)
-    return path
-
-
 def write_classification_report(report: ClassificationReport, path: Path) -> Path:
     """Render a multi-class report to ``path`` (atomically) and return it."""
     cand, champ = report.candidate, report.champion
@@ -253,17 +246,9 @@ def write_classification_report(report: ClassificationReport, path: Path) -> Pat
     charts = confusion_chart(cand, f"Candidate ({cand.taxonomy_version})")
     if champ is not None:
         charts += confusion_chart(champ, f"{report.champion_label} ({champ.taxonomy_version})")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(report.title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 90rem; color: #222; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }}
-td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
-.charts {{ display: flex; gap: 1rem; flex-wrap: wrap; }}
-.decision {{ padding: .6rem; background: #f3f6fa; border-left: 4px solid #4c72b0; }}
-</style></head><body>
-<h1>{html.escape(report.title)}</h1>
-<p class="decision">{html.escape(report.decision)}</p>
+    page = (
+        _page_head(report.title, report.decision, width_rem=90)
+        + f"""
 {notes}
 <table>{facts}</table>
 <h2>Metrics on the evaluation window (95% bootstrap intervals)</h2>
@@ -276,4 +261,5 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
 <div class="charts">{charts}</div>
 </body></html>
 """
-    return _write_page(page, path)
+    )
+    return write_text_atomic(path, page)

@@ -41,11 +41,9 @@ from mlinfra_models.registry import (
     RegistrySettings,
     champion,
     gate,
-    latest_semver,
     mlflow_client,
-    promote,
-    register,
-    semantic_version,
+    next_semver,
+    publish,
 )
 from mlinfra_models.report import EvaluationReport, write_report
 
@@ -201,11 +199,7 @@ def retrain_churn(
         higher_is_better=gate_settings.metric not in {"log_loss", "brier"},
     )
     contract = Contract(features=features, output=OUTPUT)
-    semver = semantic_version(
-        contract,
-        current.contract if current else None,
-        latest_semver(client, MODEL_NAME) if current else None,
-    )
+    semver = next_semver(client, MODEL_NAME, contract, current)
     windows = split.windows()
     data_window = f"{windows['train'][0]} .. {windows['evaluation'][-1]}"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -251,18 +245,17 @@ def retrain_churn(
         report_path=report_path,
         tags={"model_name": MODEL_NAME, **lineage},
     )
-    version = register(
+    version, alias = publish(
         client,
         MODEL_NAME,
         run_id,
-        "model",
+        contract=contract,
         tags={
             **lineage,
-            "contract": contract.to_json(),
             "roc_auc": f"{evaluation.metrics['roc_auc'].value:.6f}",
         },
+        decision=decision,
     )
-    alias = promote(client, MODEL_NAME, version, decision)
     log(f"registered churn version {version} (semver {semver}) as {alias}: {decision.reason}")
     return RetrainResult(
         model_name=MODEL_NAME,

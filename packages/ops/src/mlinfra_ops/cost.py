@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from mlinfra_ops._atomic import write_text_atomic
 
 __all__ = [
     "COST_METRICS",
@@ -551,12 +552,4 @@ def write_report(report: CostReport, reports_dir: Path) -> Path:
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / f"cost-{report.created_at.astimezone(UTC):%Y%m%dT%H%M%SZ}.md"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=reports_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(render_markdown(report))
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, render_markdown(report))

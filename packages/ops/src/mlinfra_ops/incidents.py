@@ -12,14 +12,13 @@ share it; every notification also goes through the sinks' own history (the log s
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from mlinfra_ops._atomic import write_text_atomic
 from mlinfra_ops.alerts import Alert, AlertSink, send_alert
 
 __all__ = ["IncidentPolicy", "Incidents"]
@@ -70,11 +69,7 @@ class Incidents:
         return state
 
     def _save(self, state: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incidents.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh, indent=2, sort_keys=True)
-        Path(tmp).replace(self.path)
+        write_text_atomic(self.path, json.dumps(state, indent=2, sort_keys=True))
 
     def _notify(self, alert: Alert) -> None:
         for sink, error in send_alert(alert, self.sinks).items():

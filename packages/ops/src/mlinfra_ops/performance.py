@@ -21,17 +21,15 @@ scikit-learn and the estimate against outcomes drawn from known probabilities.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from mlinfra_ops._atomic import write_text_atomic
 from mlinfra_ops.drift import DriftReport
 
 __all__ = [
@@ -354,13 +352,3 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
 {drift_html}
 </body></html>
 """
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    Path(tmp).replace(path)
-    return path

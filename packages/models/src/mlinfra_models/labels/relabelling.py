@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from mlinfra_models.labels._atomic import write_atomic
+from mlinfra_models._atomic import write_atomic
 from mlinfra_models.labels.annotations import AnnotationError
 from mlinfra_models.labels.taxonomy import Taxonomy
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlinfra_models.labels._atomic import write_text_atomic
+from mlinfra_models._atomic import write_text_atomic
 from mlinfra_models.labels.agreement import BOOTSTRAPPED, Agreement, LevelAgreement
 from mlinfra_models.labels.merges import MergeProposal
 from mlinfra_models.report import _svg

@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from mlinfra_models.labels._atomic import write_text_atomic
+from mlinfra_models._atomic import write_text_atomic
 
 __all__ = [
     "Category",
