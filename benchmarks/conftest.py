@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import math
 import os
 import subprocess
 import sys
@@ -146,6 +147,36 @@ def bench_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
         lines.append(line)
 
     return report
+
+
+def record_ratio(
+    benchmark: Any,
+    name: str,
+    ratio: float,
+    target: float,
+    *,
+    higher_is_better: bool = True,
+) -> None:
+    """Store one measured ratio and its target in ``benchmark.extra_info["ratios"]``.
+
+    Every suite records its headline ratios this way, so that ``--benchmark-json`` carries them
+    in one shape and ``benchmarks/check_ratios.py`` can compare each with its target: a ratio
+    worse than half its target (``higher_is_better``: below ``target / 2``; otherwise above
+    ``target * 2``) is a regression, whatever the machine's noise.
+    """
+    if math.isnan(ratio) or target <= 0:  # NaN, or a target that can't be halved
+        raise ValueError(
+            f"ratio {name!r}: expected a number and a positive target, got {ratio}, {target}"
+        )
+    ratios = benchmark.extra_info.setdefault("ratios", [])
+    ratios.append(
+        {
+            "name": name,
+            "ratio": float(ratio),
+            "target": float(target),
+            "higher_is_better": higher_is_better,
+        }
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
