@@ -149,7 +149,7 @@ def bench_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return report
 
 
-def record_ratio(
+def _record_ratio(
     benchmark: Any,
     name: str,
     ratio: float,
@@ -177,6 +177,17 @@ def record_ratio(
             "higher_is_better": higher_is_better,
         }
     )
+
+
+@pytest.fixture(scope="session")
+def record_ratio() -> Callable[..., None]:
+    """``record_ratio(benchmark, name, ratio, target, *, higher_is_better=True)``: store a
+    headline ratio and its target in ``benchmark.extra_info["ratios"]`` (see ``_record_ratio``).
+
+    A fixture, because the suites are imported with ``--import-mode=importlib`` and can't import
+    this module by name.
+    """
+    return _record_ratio
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
