@@ -4,11 +4,13 @@ Churn outcomes arrive weeks after a prediction. Until they do, performance is *e
 the predicted probabilities alone, by confidence-based performance estimation (CBPE, the method
 NannyML implements): if the probabilities are calibrated, a prediction ``p`` is a positive with
 probability ``p``, so the expected confusion matrix at every threshold, and hence the expected
-ROC curve and its AUC, follow from the scores. Calibration is checked (and corrected) on a
-labelled reference set, the model's own offline evaluation rows: a monotone binned mapping from
-score to observed frequency. The interval is that of the AUC one would realise on these rows if
-outcomes were drawn from the calibrated probabilities (a parametric bootstrap), so it covers the
-sampling noise of the cohort's eventual realised value.
+ROC curve and its AUC (and the expected precision-recall curve and its average precision),
+follow from the scores. Calibration is checked (and corrected) on a labelled reference set: an
+isotonic regression of the outcomes on the scores, the calibrator NannyML's CBPE uses, so the
+two estimates agree (``packages/ops/tests/test_nannyml.py``). The interval is that of the AUC
+one would realise on these rows if outcomes were drawn from the calibrated probabilities (a
+parametric bootstrap; NannyML gives +-3 standard errors estimated from reference chunks
+instead), so it covers the sampling noise of the cohort's eventual realised value.
 
 Once a prediction's horizon has passed (30 days for churn), its outcome is known: each weekly
 cohort then also gets its realised ROC-AUC, PR-AUC and observed vs expected positive rate, side
@@ -97,43 +99,42 @@ def average_precision(y: np.ndarray, s: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A monotone map from score to probability, fitted on labelled reference rows."""
+    """A non-decreasing map from score to probability, fitted on labelled reference rows:
+    linear between its points, constant beyond the first and last (scikit-learn's
+    ``IsotonicRegression(out_of_bounds="clip")``, the calibrator NannyML's CBPE uses)."""
 
-    edges: list[float]  # inner bin edges (quantiles of the reference scores)
-    probabilities: list[float]  # calibrated probability per bin (non-decreasing)
+    scores: list[float]  # increasing score thresholds
+    probabilities: list[float]  # calibrated probability at each threshold (non-decreasing)
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
-        bins = np.searchsorted(np.asarray(self.edges), np.asarray(scores, dtype=np.float64))
-        return np.asarray(self.probabilities)[bins]
+        return np.interp(np.asarray(scores, dtype=np.float64), self.scores, self.probabilities)
 
 
-def fit_calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 20) -> Calibration:
-    """Quantile bins of the reference scores, each mapped to its observed positive rate, made
-    non-decreasing by pooling adjacent violators (so the ranking of scores is kept)."""
+def fit_calibration(scores: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Isotonic regression of the labels on the scores (pool adjacent violators, tied scores
+    pooled first), so calibration keeps the ranking of scores. Only the points where the fitted
+    step function changes are kept; :meth:`Calibration.apply` interpolates between them."""
     y, s = _check_labels(labels, scores)
-    if y.size < 2 * bins:
+    if y.size < 2 or y.all() or not y.any():
         raise ValueError(
-            f"the calibration reference has {y.size} rows; expected at least {2 * bins} "
-            f"({bins} bins)"
+            f"the calibration reference has {y.size} rows with {int(y.sum())} positives; "
+            "expected labelled rows of both outcomes"
         )
-    edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)[1:-1]))
-    which = np.searchsorted(edges, s)
-    counts = np.bincount(which, minlength=edges.size + 1).astype(np.float64)
-    hits = np.bincount(which, weights=y.astype(np.float64), minlength=edges.size + 1)
-    # pool adjacent violators over bins (weighted by their counts)
-    blocks: list[list[float]] = []  # [positives, count, number of bins]
-    for h, c in zip(hits.tolist(), counts.tolist(), strict=True):
-        blocks.append([h, c, 1.0])
-        while len(blocks) > 1 and (
-            blocks[-2][0] / max(blocks[-2][1], 1) > blocks[-1][0] / max(blocks[-1][1], 1)
-        ):
-            h2, c2, n2 = blocks.pop()
-            blocks[-1] = [blocks[-1][0] + h2, blocks[-1][1] + c2, blocks[-1][2] + n2]
-    probabilities: list[float] = []
-    for positives, count, n_bins in blocks:
-        probabilities += [positives / count if count else 0.0] * int(n_bins)
-    clipped = np.clip(probabilities, 1e-6, 1 - 1e-6)
-    return Calibration(edges=edges.tolist(), probabilities=clipped.tolist())
+    order = np.argsort(s, kind="mergesort")
+    x, first, counts = np.unique(s[order], return_index=True, return_counts=True)
+    sums = np.add.reduceat(y[order].astype(np.float64), first)
+    # pool adjacent violators: blocks of [sum of labels, rows, unique scores]
+    blocks: list[list[float]] = []
+    for total, count in zip(sums.tolist(), counts.tolist(), strict=True):
+        blocks.append([total, count, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] >= blocks[-1][0] * blocks[-2][1]:
+            total2, count2, width2 = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + total2, blocks[-1][1] + count2, blocks[-1][2] + width2]
+    fitted = np.repeat([t / c for t, c, _ in blocks], [int(w) for _, _, w in blocks])
+    # keep each constant run's first and last point (what linear interpolation needs)
+    keep = np.ones(x.size, dtype=bool)
+    keep[1:-1] = (fitted[:-2] != fitted[1:-1]) | (fitted[1:-1] != fitted[2:])
+    return Calibration(scores=x[keep].tolist(), probabilities=fitted[keep].tolist())
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class PerformanceEstimate:
     roc_auc: float
     roc_auc_low: float
     roc_auc_high: float
+    pr_auc: float
     expected_positive_rate: float
     expected_brier: float
 
@@ -158,7 +160,8 @@ def estimate_performance(
     n_boot: int = 200,
     seed: int = 0,
 ) -> PerformanceEstimate:
-    """Expected ROC-AUC (with a 95% interval), positive rate and Brier score, without labels."""
+    """Expected ROC-AUC (with a 95% interval), PR-AUC, positive rate and Brier score, without
+    labels."""
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f"scores must be a non-empty 1-D array, got shape {s.shape}")
@@ -176,6 +179,7 @@ def estimate_performance(
         roc_auc=_expected_auc_of_scores(s, p),
         roc_auc_low=float(low),
         roc_auc_high=float(high),
+        pr_auc=_expected_average_precision(s, p),
         expected_positive_rate=float(p.mean()),
         expected_brier=float(np.mean(p * (1 - p))),
     )
@@ -193,6 +197,20 @@ def _expected_auc_of_scores(s: np.ndarray, p: np.ndarray) -> float:
     tpr = np.r_[0.0, np.cumsum(p_sorted)[last_of_tie] / positives]
     fpr = np.r_[0.0, np.cumsum(1 - p_sorted)[last_of_tie] / negatives]
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def _expected_average_precision(s: np.ndarray, p: np.ndarray) -> float:
+    """Average precision of the expected precision-recall curve (same ranking and expected
+    counts as :func:`_expected_auc_of_scores`; tied scores are one threshold)."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, p_sorted = s[order], p[order]
+    positives = p.sum()
+    if positives <= 0:
+        return float("nan")
+    last_of_tie = np.r_[np.diff(s_sorted) != 0, True]
+    tp = np.cumsum(p_sorted)[last_of_tie]
+    seen = np.arange(1, s.size + 1)[last_of_tie]
+    return float(np.sum(np.diff(np.r_[0.0, tp / positives]) * tp / seen))
 
 
 def label_predictions(
@@ -313,7 +331,8 @@ def render_performance_report(
         f"<td>{c.cohort}</td><td>{c.n}</td><td>{'yes' if c.matured else 'not yet'}</td>"
         f"<td>{number(c.estimated.roc_auc)} [{number(c.estimated.roc_auc_low)}, "
         f"{number(c.estimated.roc_auc_high)}]</td>"
-        f"<td>{number(c.realized_roc_auc)}</td><td>{number(c.realized_pr_auc)}</td>"
+        f"<td>{number(c.realized_roc_auc)}</td><td>{number(c.estimated.pr_auc)}</td>"
+        f"<td>{number(c.realized_pr_auc)}</td>"
         f"<td>{number(c.estimated.expected_positive_rate)}</td>"
         f"<td>{number(c.observed_positive_rate)}</td>"
         "</tr>"
@@ -346,7 +365,8 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
 <table>{fact_rows}<tr><th>offline ROC-AUC of the served versions</th><td>{offline}</td></tr></table>
 <h2>Weekly cohorts: estimated before outcomes (CBPE, 95% interval) and realised after</h2>
 <table><tr><th>cohort</th><th>predictions</th><th>outcomes matured</th>
-<th>estimated ROC-AUC</th><th>realised ROC-AUC</th><th>realised PR-AUC</th>
+<th>estimated ROC-AUC</th><th>realised ROC-AUC</th>
+<th>estimated PR-AUC</th><th>realised PR-AUC</th>
 <th>expected positive rate</th><th>observed positive rate</th></tr>{rows}</table>
 {"".join(charts)}
 {drift_html}
