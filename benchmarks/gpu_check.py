@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     steps = int(meta["total_steps"])
     steps_per_epoch = steps // epochs
-    checkpoints = steps // base.checkpoint_every_steps + epochs
+    checkpoints = int(meta["checkpoints"])
     share = meta["checkpoint_seconds"] / (meta["compute_seconds"] + meta["checkpoint_seconds"])
     per_checkpoint_ms = meta["checkpoint_seconds"] / checkpoints * 1000
     lines = {
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": f"{epochs} epochs, {steps} steps ({steps_per_epoch}/epoch), wall {wall:.1f} s",
         "throughput": f"{meta['samples'] / meta['compute_seconds']:,.0f} samples/s",
         "checkpoints": f"{checkpoints} x {per_checkpoint_ms:.1f} ms = {share:.2%} of loop time "
-        f"(every {base.checkpoint_every_steps} steps and at epoch ends)",
+        f"(every {base.checkpoint_every_seconds:g} s and at epoch ends)",
     }
     for label, text in lines.items():
         print(f"{label:<12} {text}")

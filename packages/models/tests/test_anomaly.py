@@ -214,3 +214,41 @@ def test_scoring_bad_input_and_bad_evaluation_input(
         evaluate_anomaly(np.zeros(3), np.zeros(4), 0.0, k=1)
     with pytest.raises(ValueError, match="no anomaly"):
         evaluate_anomaly(np.zeros(3), np.zeros(3), 0.0, k=1)
+
+
+def test_time_interval_checkpoints_every_worker_together(
+    ray_session: None, frame: pl.DataFrame, tmp_path: Path
+) -> None:
+    # An interval shorter than any step makes every step due: a checkpoint per step, written by
+    # every worker at the same step (a report is a collective), and the retained ones are the
+    # latest consecutive steps.
+    settings = settings_for(
+        tmp_path,
+        "by-time",
+        epochs=1,
+        checkpoint_every_steps=None,
+        checkpoint_every_seconds=1e-9,
+        notice_poll_steps=1,
+        keep_checkpoints=3,
+    )
+    model = train_anomaly(frame, settings)
+    steps = 3000 // 128
+    assert model.meta["checkpoints"] == model.meta["total_steps"] == steps
+    kept = sorted(p.name for p in (tmp_path / "by-time").glob("checkpoint_0*"))
+    assert kept == [f"checkpoint_{s:08d}" for s in range(steps - 2, steps + 1)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"checkpoint_every_steps": None, "checkpoint_every_seconds": None}, "set checkpoint_"),
+        ({"checkpoint_every_steps": 0}, "checkpoint_every_steps must be >= 1 or None"),
+        ({"checkpoint_every_seconds": 0.0}, "checkpoint_every_seconds must be > 0"),
+        ({"controller_poll_s": -1.0}, "controller_poll_s must be > 0"),
+    ],
+)
+def test_checkpoint_interval_settings_are_checked(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings_for(tmp_path, "bad", **overrides)

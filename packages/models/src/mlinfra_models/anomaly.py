@@ -14,10 +14,18 @@ Training runs ``train_loop_per_worker`` under a ``TorchTrainer`` (DDP through
   takes rows ``order[s*B:(s+1)*B]`` and worker ``r`` of ``W`` takes every ``W``-th of them. A
   resumed run skips straight to its saved step and ends with the same weights as a run that
   was never interrupted.
-- Every ``checkpoint_every_steps`` steps and at each epoch end rank 0 writes model, optimizer,
-  RNG states and data position to a temporary directory, ``COMPLETE`` last, and reports it with
-  ``ray.train.report``; Ray persists it under ``storage_path/run_name``. A directory without
-  ``COMPLETE`` is never loaded.
+- Every ``checkpoint_every_steps`` steps, every ``checkpoint_every_seconds`` of training and at
+  each epoch end, rank 0 writes model, optimizer, RNG states and data position to a temporary
+  directory, ``COMPLETE`` last, and reports it with ``ray.train.report``; Ray persists it under
+  ``storage_path/run_name``. A directory without ``COMPLETE`` is never loaded. The time
+  interval is the default: a step interval that suits a CPU is a hundred times too frequent on
+  a GPU. Workers agree on it at the step boundary (the per-step flag reduction), so they
+  checkpoint together.
+- A report waits until Ray Train's controller has collected the previous one, and the
+  controller collects every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default): two
+  checkpoints 1 s apart cost a second of idle workers. ``train_anomaly`` runs the controller
+  at ``controller_poll_s`` (0.1 s) unless that variable is set, which brings a checkpoint to
+  milliseconds.
 - On start the worker resumes from ``ray.train.get_checkpoint()`` (the latest checkpoint of a
   failed attempt, or of an earlier job with the same ``storage_path`` and ``run_name``).
 - A spot notice makes every worker write a checkpoint at the next step boundary and return
@@ -39,6 +47,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -90,15 +99,25 @@ class AnomalySettings:
     lr: float = 3e-3
     seed: int = 0
     threshold_quantile: float = 0.99
-    checkpoint_every_steps: int = 200
+    #: Checkpoint every this many global steps (None: by time and at epoch ends only).
+    checkpoint_every_steps: int | None = None
+    #: Checkpoint after this much training time since the last checkpoint (None: by steps).
+    #: At most one interval of work is lost to an interruption. 30 s is close to Young/Daly's
+    #: optimum sqrt(2 * checkpoint cost * mean time between interruptions) for a checkpoint of
+    #: ~10 ms and spot interruptions hours apart, with a margin for slower storage.
+    checkpoint_every_seconds: float | None = 30.0
+    #: How often Ray Train's controller collects reports (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
+    #: for this run, unless that is set): a checkpoint waits for the previous one's collection.
+    controller_poll_s: float = 0.1
     keep_checkpoints: int = 3
     num_workers: int = 2
     use_gpu: bool = False
     storage_path: str = ".mlinfra/checkpoints"
     run_name: str = "anomaly_detector"
     max_failures: int = 1
-    #: Where Ray's worker-local preemption notice is not reachable, ask Ray's collective
-    #: ``get_preemption_info`` every this many steps.
+    #: Every this many steps the workers combine their flags (spot notice, time interval due) in
+    #: one collective, so a notice or a due time checkpoint is acted on within this many steps.
+    #: Every step would add a collective to each step: a quarter of a CPU step's time here.
     notice_poll_steps: int = 10
     #: Drills: raise in every worker at this global step, once per run (spot-loss rehearsal).
     fail_at_step: int | None = None
@@ -113,15 +132,23 @@ class AnomalySettings:
                 f"AnomalySettings.threshold_quantile must be in (0, 1), got "
                 f"{self.threshold_quantile}"
             )
-        for name in (
-            "epochs",
-            "batch_size",
-            "checkpoint_every_steps",
-            "keep_checkpoints",
-            "notice_poll_steps",
-        ):
+        for name in ("epochs", "batch_size", "keep_checkpoints", "notice_poll_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AnomalySettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every_steps is None and self.checkpoint_every_seconds is None:
+            raise ValueError(
+                "AnomalySettings: set checkpoint_every_steps or checkpoint_every_seconds (or "
+                "both); with neither, a long epoch would have no checkpoint to resume from"
+            )
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+            raise ValueError(
+                f"AnomalySettings.checkpoint_every_steps must be >= 1 or None, got "
+                f"{self.checkpoint_every_steps}"
+            )
+        for name in ("checkpoint_every_seconds", "controller_poll_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"AnomalySettings.{name} must be > 0, got {value}")
         if self.num_workers < 1:
             raise ValueError(f"AnomalySettings.num_workers must be >= 1, got {self.num_workers}")
 
@@ -427,14 +454,13 @@ def _sigterm_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _preemption_notice(poll_steps: int) -> Callable[[int], bool]:
-    """``step -> whether Ray says this worker's node is being preempted``.
+def _preemption_notice() -> Callable[[], bool]:
+    """``() -> whether Ray says this worker's node is being preempted``.
 
-    Ray Train stores the notice on each worker as it arrives; reading it there is free, and the
-    loop already combines every worker's flag at each step. Ray's public
-    ``ray.train.get_preemption_info()`` is a collective over the workers (milliseconds per
-    call), so where the worker-local notice is not reachable it is asked only every
-    ``poll_steps`` steps, at the same steps on every worker.
+    Ray Train stores the notice on each worker as it arrives; reading it there is free. Where
+    that worker-local notice is not reachable, Ray's public ``ray.train.get_preemption_info()``
+    answers; it is a collective over the workers, which is fine because the loop asks at the
+    same steps on every worker (every ``notice_poll_steps``).
     """
     try:
         from ray.train.v2._internal.execution.context import get_train_context
@@ -443,20 +469,20 @@ def _preemption_notice(poll_steps: int) -> Callable[[int], bool]:
     except (ImportError, AttributeError, RuntimeError):
         import ray.train
 
-        return lambda step: step % poll_steps == 0 and ray.train.get_preemption_info() is not None
-    return lambda step: get_train_context().preemption_context.preemption_info is not None
+        return lambda: ray.train.get_preemption_info() is not None
+    return lambda: get_train_context().preemption_context.preemption_info is not None
 
 
-def _any_worker(flag: bool, world_size: int) -> bool:
-    """True when ``flag`` is set on any worker (all workers must call this at the same step)."""
+def _any_worker(flags: tuple[bool, ...], world_size: int) -> tuple[bool, ...]:
+    """Each flag OR-ed over the workers, in one collective (all workers call this together)."""
     if world_size == 1:
-        return flag
+        return flags
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0 for flag in flags])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -558,10 +584,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{global_step:08d}"
             )
 
-    preempted = _preemption_notice(settings.notice_poll_steps)
+    preempted = _preemption_notice()
     order, order_epoch = np.empty(0, dtype=np.int64), -1
     loss_value = float("nan")
-    clock = {"compute_seconds": 0.0, "checkpoint_seconds": 0.0, "samples": 0}
+    clock = {"compute_seconds": 0.0, "checkpoint_seconds": 0.0, "samples": 0, "checkpoints": 0}
+    every_steps, every_seconds = settings.checkpoint_every_steps, settings.checkpoint_every_seconds
+    last_checkpoint = time.monotonic()
     with _sigterm_flag() as sigterm:
         while step < total_steps:
             epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -581,22 +609,51 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             loss_value = float(loss.item())
             step += 1
+            done = step == total_steps
+            notice = timely = False
+            if step % settings.notice_poll_steps == 0:
+                notice = sigterm.is_set() or preempted()
+                timely = every_seconds is not None and (
+                    time.monotonic() - last_checkpoint >= every_seconds
+                )
+                notice, timely = _any_worker((notice, timely), world)
+            stop = (notice or step == settings.stop_at_step) and not done
             clock["samples"] += len(rows)  # the global batch: every worker's share
             clock["compute_seconds"] += time.perf_counter() - started
-            done = step == total_steps
-            notice = sigterm.is_set() or preempted(step) or step == settings.stop_at_step
-            stop = _any_worker(notice, world) and not done
             if (
                 done
                 or stop
-                or step % settings.checkpoint_every_steps == 0
-                or in_epoch + 1 == (steps_per_epoch)
+                or timely
+                or (every_steps is not None and step % every_steps == 0)
+                or in_epoch + 1 == steps_per_epoch
             ):
                 started = time.perf_counter()
+                clock["checkpoints"] += 1
                 report(step, loss_value, final=done)
                 clock["checkpoint_seconds"] += time.perf_counter() - started
+                last_checkpoint = time.monotonic()
             if stop:
                 return
+
+
+_CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextlib.contextmanager
+def _controller_poll(seconds: float) -> Iterator[None]:
+    """Run the Ray Train controller that ``fit`` starts at this poll interval.
+
+    Ray Train propagates this variable from the driver to the run's controller (and documents
+    it as the way to set it); a value the user set wins. Restored on exit.
+    """
+    if _CONTROLLER_POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[_CONTROLLER_POLL_ENV] = repr(float(seconds))
+    try:
+        yield
+    finally:
+        os.environ.pop(_CONTROLLER_POLL_ENV, None)
 
 
 def train_anomaly(frame: pl.DataFrame, settings: AnomalySettings) -> AnomalyModel:
@@ -647,7 +704,8 @@ def train_anomaly(frame: pl.DataFrame, settings: AnomalySettings) -> AnomalyMode
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
+    with _controller_poll(settings.controller_poll_s):
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     if settings.is_remote:
