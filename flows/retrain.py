@@ -40,6 +40,7 @@ from prefect import flow, get_run_logger, task
 from flows.config import build, load
 from flows.label_review import resolve_taxonomy
 from flows.materialize import materialize, warehouse_dir
+from flows.monitor import incidents_for
 from mlinfra_features import (
     VIEWS,
     FeatureStoreSettings,
@@ -63,7 +64,6 @@ from mlinfra_models import (
 from mlinfra_models.labels import Taxonomy, TaxonomyError, load_taxonomy
 from mlinfra_ops import (
     GpuPrices,
-    LogSink,
     WaitPolicy,
     record_training_cost,
     wait_for_fresh_features,
@@ -96,14 +96,21 @@ def platform_ready(store: FeatureStoreSettings) -> bool:
 @task
 def wait_for_features(cfg: dict[str, Any], model: str, services: list[str]) -> dict[str, str]:
     """Wait (per the model's policy) until every view the model reads is fresh; never train on
-    stale data. One "features late" alert per wait; a clear failure if they never land."""
+    stale data. One "features late" alert per incident through the configured sinks (the
+    ``alerts`` group, as the monitor's), a recovery when they land, a clear failure if they
+    never do."""
     store: FeatureStoreSettings = build(cfg["features"]["store"])
     policy: WaitPolicy = build(cfg["model"][model]["freshness"])
     views = sorted({v for s in services for v in service_views(s)})
     logger = get_run_logger()
-    report = wait_for_fresh_features(
-        store, views, policy, job=f"retrain {model}", sinks=[LogSink(store.home)], log=logger.info
-    )
+    incidents = incidents_for(cfg)
+    try:
+        report = wait_for_fresh_features(
+            store, views, policy, job=f"retrain {model}", incidents=incidents, log=logger.info
+        )
+    finally:
+        for sink, error in incidents.delivery_errors.items():
+            logger.warning("alert sink %s failed: %s", sink, error)
     return {v.feature_view: v.state for v in report}
 
 

@@ -1,12 +1,16 @@
 """The weekly anomaly-detector retrain end to end: it waits for late features (the Sunday
-incident), alerts once, trains on Ray Train, evaluates against the demo's hidden truth and the
-champion, registers, and records its cost; it never trains on stale data."""
+incident), alerts once through the configured sinks (a real webhook on 127.0.0.1 here), trains
+on Ray Train, evaluates against the demo's hidden truth and the champion, registers, and records
+its cost; it never trains on stale data."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,12 +30,43 @@ BASE = [
 ]
 
 
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A JSON webhook on 127.0.0.1 and the alerts it received."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/alerts", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def sinks(url: str) -> str:
+    return f"alerts.sinks=[{{type:log}},{{type:webhook,url:'{url}'}}]"
+
+
 @pytest.mark.usefixtures("prefect_harness", "ray_session")
-def test_weekly_retrain_waits_for_late_features_trains_and_registers(tmp_path: Path) -> None:
+def test_weekly_retrain_waits_for_late_features_trains_and_registers(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = webhook
     home = [f"paths.home={tmp_path}", "features.n_customers=1500"]
     overrides = [
         *home,
         *BASE,
+        sinks(url),
         "model.anomaly_detector.freshness.max_wait_s=300",
         "model.anomaly_detector.freshness.initial_poll_s=1",
         "model.anomaly_detector.freshness.max_poll_s=4",
@@ -48,6 +83,9 @@ def test_weekly_retrain_waits_for_late_features_trains_and_registers(tmp_path: P
 
     kinds = [a["kind"] for a in read_alert_log(tmp_path)]
     assert kinds == ["features_late", "features_fresh"], "one late alert, then it continued"
+    assert [a["kind"] for a in received] == kinds, "the configured webhook heard the same"
+    assert received[0]["facts"]["job"] == "retrain anomaly_detector"
+    assert "account_activity_daily" in received[0]["subject"]
     assert (first["version"], first["semver"], first["alias"]) == ("1", "1.0.0", "champion")
     assert first["pr_auc"] > 10 * first["base_rate"], "flags injected anomalies far above chance"
     assert Path(first["report"]).is_file()
@@ -73,7 +111,10 @@ def test_weekly_retrain_waits_for_late_features_trains_and_registers(tmp_path: P
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_weekly_retrain_fails_clearly_when_features_never_land(tmp_path: Path) -> None:
+def test_weekly_retrain_fails_clearly_when_features_never_land(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = webhook
     cfg = load(
         "retrain",
         [
@@ -84,6 +125,7 @@ def test_weekly_retrain_fails_clearly_when_features_never_land(tmp_path: Path) -
             "model.anomaly_detector.freshness.max_wait_s=3",
             "model.anomaly_detector.freshness.initial_poll_s=1",
             "model.anomaly_detector.freshness.max_poll_s=1",
+            sinks(url),
         ],
     )
     with pytest.raises(
@@ -93,3 +135,14 @@ def test_weekly_retrain_fails_clearly_when_features_never_land(tmp_path: Path) -
     assert not (tmp_path / "mlflow").exists(), "nothing is trained or registered"
     assert not (tmp_path / "checkpoints").exists(), "no training started"
     assert [a["kind"] for a in read_alert_log(tmp_path)] == ["features_late"]
+    # it looked four times over its 3 s, and the webhook heard of the incident once
+    assert [a["kind"] for a in received] == ["features_late"]
+    late = received[0]
+    assert late["facts"]["job"] == "retrain anomaly_detector"
+    activity = late["facts"]["views"]["account_activity_daily"]
+    assert activity["state"] == "late" and activity["age_seconds"] > activity["sla_seconds"]
+
+    # A retry of the run while the features are still late is the same incident: no new alert.
+    with pytest.raises(FeaturesLateError):
+        retrain(cfg)
+    assert len(received) == 1

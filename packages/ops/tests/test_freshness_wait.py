@@ -18,7 +18,14 @@ from mlinfra_features import (
     materialize_incremental,
     write_feature_tables,
 )
-from mlinfra_ops import FeaturesLateError, WaitPolicy, read_alert_log, wait_for_fresh_features
+from mlinfra_ops import (
+    FeaturesLateError,
+    Incidents,
+    LogSink,
+    WaitPolicy,
+    read_alert_log,
+    wait_for_fresh_features,
+)
 
 VIEWS = ["customer_logins", "account_activity_daily"]
 
@@ -94,3 +101,29 @@ def test_fresh_views_return_at_once(tmp_path: Path) -> None:
     assert {v.state for v in report} == {"fresh"}
     assert read_alert_log(tmp_path) == []
     assert timedelta(seconds=report[0].sla_seconds) == timedelta(days=2)
+
+
+def test_through_incidents_one_alert_across_runs_then_the_recovery(tmp_path: Path) -> None:
+    store = publish(tmp_path, delay_hours=72)
+    incidents = Incidents(tmp_path, [LogSink(tmp_path)])
+    policy = WaitPolicy(max_wait_s=2, initial_poll_s=0.5, max_poll_s=0.5)
+    for _ in range(2):  # the run, then its retry while the features are still late
+        with pytest.raises(FeaturesLateError):
+            wait_for_fresh_features(
+                store, VIEWS, policy, job="retrain test", incidents=incidents, log=lambda _: None
+            )
+    (incident,) = incidents.open_incidents().values()
+    assert incident["notifications"] == 1 and incident["suppressed"] >= 4
+    assert [a["kind"] for a in read_alert_log(tmp_path)] == ["features_late"]
+
+    publish(tmp_path, delay_hours=0)  # the next run finds them fresh: the incident closes
+    wait_for_fresh_features(
+        store, VIEWS, policy, job="retrain test", incidents=incidents, log=lambda _: None
+    )
+    assert incidents.open_incidents() == {}
+    kinds = [a["kind"] for a in read_alert_log(tmp_path)]
+    assert kinds == ["features_late", "features_fresh"]
+    with pytest.raises(ValueError, match="not both"):
+        wait_for_fresh_features(
+            store, VIEWS, policy, job="x", sinks=[], incidents=incidents, log=lambda _: None
+        )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlinfra_features import FeatureStoreSettings, ViewFreshness, freshness
 from mlinfra_ops.alerts import Alert, AlertSink, LogSink, send_alert
+from mlinfra_ops.incidents import Incidents
 
 __all__ = ["FeaturesLateError", "WaitPolicy", "wait_for_fresh_features"]
 
@@ -68,14 +69,24 @@ def wait_for_fresh_features(
     *,
     job: str,
     sinks: Sequence[AlertSink] | None = None,
+    incidents: Incidents | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     log: Callable[[str], None] = print,
 ) -> list[ViewFreshness]:
     """Return the views' freshness once all are usable; raise :class:`FeaturesLateError` after
     ``policy.max_wait_s``. One ``features_late`` alert per wait, one ``features_fresh`` when the
-    views recover after it."""
+    views recover after it.
+
+    Alerts go to ``sinks`` (default: the log sink under the store's home) or, given
+    ``incidents``, through that incident store under the key ``features_wait:<job>``: one alert
+    per incident across runs (a rerun that finds the features still late is suppressed until
+    the store's re-notify interval), and the recovery when a later check, in this run or the
+    next, finds them usable."""
+    if incidents is not None and sinks is not None:
+        raise ValueError("pass sinks or incidents (which has its own sinks), not both")
     sinks = list(sinks) if sinks is not None else [LogSink(Path(store.home))]
+    key = f"features_wait:{job}"
     started = clock()
     poll = policy.initial_poll_s
     alerted = False
@@ -83,36 +94,38 @@ def wait_for_fresh_features(
         report = freshness(store, views)
         late = [v for v in report if v.state not in USABLE]
         if not late:
-            if alerted:
-                send_alert(
-                    Alert(
-                        kind="features_fresh",
-                        subject=",".join(views),
-                        message=f"features for {job} are fresh again after "
-                        f"{clock() - started:.0f} s; {job} continues",
-                        severity="info",
-                        facts={"job": job, "waited_s": clock() - started},
-                    ),
-                    sinks,
+            if alerted or incidents is not None:
+                after = f" after {clock() - started:.0f} s" if alerted else ""
+                recovery = Alert(
+                    kind="features_fresh",
+                    subject=",".join(views),
+                    message=f"features for {job} are fresh again{after}; {job} continues",
+                    severity="info",
+                    facts={"job": job, "waited_s": clock() - started},
                 )
+                if incidents is not None:
+                    incidents.resolve(key, recovery)
+                else:
+                    send_alert(recovery, sinks)
             return report
         waited = clock() - started
         details = "; ".join(describe(v) for v in late)
-        if not alerted:
-            send_alert(
-                Alert(
-                    kind="features_late",
-                    subject=",".join(v.feature_view for v in late),
-                    message=f"{job} is waiting for late features (up to {policy.max_wait_s:.0f} s):"
-                    f" {details}",
-                    facts={
-                        "job": job,
-                        "views": {v.feature_view: v.as_json() for v in late},
-                        "max_wait_s": policy.max_wait_s,
-                    },
-                ),
-                sinks,
+        if not alerted or incidents is not None:
+            alert = Alert(
+                kind="features_late",
+                subject=",".join(v.feature_view for v in late),
+                message=f"{job} is waiting for late features (up to {policy.max_wait_s:.0f} s):"
+                f" {details}",
+                facts={
+                    "job": job,
+                    "views": {v.feature_view: v.as_json() for v in late},
+                    "max_wait_s": policy.max_wait_s,
+                },
             )
+            if incidents is not None:
+                incidents.report(key, alert)
+            else:
+                send_alert(alert, sinks)
             alerted = True
         if waited >= policy.max_wait_s:
             raise FeaturesLateError(
