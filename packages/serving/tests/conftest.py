@@ -3,12 +3,14 @@ uvicorn server on 127.0.0.1, shared by the serving tests.
 
 The home is built with library calls only (the flows are not importable from here in the
 per-member isolated run): a 1,500-customer demo warehouse, its feature tables in Feast's offline
-store, the repository applied and every view materialized to SQLite, and a small churn model
-trained on a ``churn_v2`` training set and registered as ``churn@champion``.
+store, the repository applied and every view materialized to SQLite, a small churn model
+trained on a ``churn_v2`` training set and registered as ``churn@champion``, and a small event
+classifier (taxonomy v1, 300 annotated events) registered as ``event_classifier@champion``.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import socket
@@ -38,7 +40,15 @@ from mlinfra_features import (
     training_set,
     write_feature_tables,
 )
-from mlinfra_models import ChurnSettings, RegistrySettings, churn_labels, retrain_churn
+from mlinfra_models import (
+    ChurnSettings,
+    EventClassifierSettings,
+    RegistrySettings,
+    churn_labels,
+    retrain_churn,
+    retrain_event_classifier,
+)
+from mlinfra_models.labels import load_taxonomy
 from mlinfra_serving import ServingSettings, create_app
 
 AS_OF = datetime(2026, 11, 29, tzinfo=UTC)
@@ -91,6 +101,21 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> DemoHome:
         ChurnSettings(iterations=60, thread_count=2, bootstrap_resamples=10, ablation=[]),
         registry,
         home / "reports",
+        log=lambda _: None,
+    )
+    shipped = importlib.resources.files("mlinfra_features") / "taxonomy" / "v1.yaml"
+    with importlib.resources.as_file(shipped) as path:
+        v1 = load_taxonomy(path)
+    annotations = warehouse.scan("event_annotations").collect()
+    retrain_event_classifier(
+        annotations,
+        warehouse.scan("product_events").select("event_id", "event_timestamp").collect(),
+        lambda service, rows: training_set(store, service, rows),
+        EventClassifierSettings(iterations=60, thread_count=2, bootstrap_resamples=10),
+        taxonomy=v1,
+        annotation_taxonomy=v1,
+        registry=registry,
+        report_dir=home / "reports",
         log=lambda _: None,
     )
     everyone = sorted(warehouse.scan("customers").select("customer_id").collect()["customer_id"])

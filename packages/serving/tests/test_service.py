@@ -104,7 +104,7 @@ def test_bad_anomaly_input_is_422(service_url: str, body: Any, field: str) -> No
 
 
 def test_unknown_routes_are_404(service_url: str) -> None:
-    for path in ("/v1/fraud/score", "/v1/event_classifier/classify", "/v2/churn/score"):
+    for path in ("/v1/fraud/score", "/v1/fraud/classify", "/v2/churn/score"):
         response = httpx.post(f"{service_url}{path}", json={"customer_ids": [1]})
         assert response.status_code == 404, path
         assert response.json()["detail"]
@@ -144,9 +144,13 @@ def test_metrics_and_openapi(demo_home: DemoHome, service_url: str) -> None:
         text
     )
     spec = httpx.get(f"{service_url}/openapi.json").json()
-    assert {"/v1/churn/score", "/v1/anomaly_detector/score", "/healthz", "/readyz"} <= set(
-        spec["paths"]
-    )
+    assert {
+        "/v1/churn/score",
+        "/v1/anomaly_detector/score",
+        "/v1/event_classifier/classify",
+        "/healthz",
+        "/readyz",
+    } <= set(spec["paths"])
     assert httpx.get(f"{service_url}/docs").status_code == 200
 
 

@@ -7,18 +7,27 @@ and starts the background threads, and ``mlinfra-serve`` runs it under uvicorn.
 
 from mlinfra_serving.app import create_app
 from mlinfra_serving.champions import Champion, Champions
-from mlinfra_serving.models import MODEL_SPECS, AnomalyScorer, ChurnScorer, ModelSpec
+from mlinfra_serving.models import (
+    EVENT_FIELDS,
+    MODEL_SPECS,
+    AnomalyScorer,
+    ChurnScorer,
+    EventScorer,
+    ModelSpec,
+)
 from mlinfra_serving.online import OnlineFeatureReader, OnlineRows, OnlineStoreError
 from mlinfra_serving.predictions import Prediction, PredictionLog, read_prediction_log
 from mlinfra_serving.settings import MISSING_ENTITY_POLICIES, PredictionLogSettings, ServingSettings
 
 __all__ = [
+    "EVENT_FIELDS",
     "MISSING_ENTITY_POLICIES",
     "MODEL_SPECS",
     "AnomalyScorer",
     "Champion",
     "Champions",
     "ChurnScorer",
+    "EventScorer",
     "ModelSpec",
     "OnlineFeatureReader",
     "OnlineRows",

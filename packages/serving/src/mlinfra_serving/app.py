@@ -1,16 +1,23 @@
 """The scoring service: FastAPI routes over online features and the registry's champions.
 
-Endpoints are ``async`` and do their (short, blocking) feature read and scoring inline on the
-event loop: no thread-pool hop per request, and each worker process reads the online store from
-one thread. :class:`~mlinfra_serving.online.OnlineFeatureReader` is also safe from any number of
-threads (one connection per thread), which is what the batch and benchmark paths use.
+The customer routes are ``async`` and do their (short, blocking) feature read and scoring inline
+on the event loop: no thread-pool hop per request, and each worker process reads the online
+store from one thread. :class:`~mlinfra_serving.online.OnlineFeatureReader` is also safe from
+any number of threads (one connection per thread), which is what the batch and benchmark paths
+use. The event classifier's CatBoost text model costs milliseconds per request, so it runs in
+the thread pool and leaves the loop to the others.
+
+The model routes are :class:`DirectRoute` routes: each parses its own body with pydantic-core and
+builds its own JSON response, and FastAPI calls it with the request alone (its parameter
+solving and response validation cost about as much as a no-op request); their OpenAPI entries
+are FastAPI's as usual.
 """
 
 import logging
 import os
+import secrets
 import threading
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Self
@@ -19,24 +26,27 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlinfra_serving.champions import Champion, Champions
 from mlinfra_serving.metrics import MetricsMiddleware, ServingMetrics
-from mlinfra_serving.models import MODEL_SPECS, AnomalyScorer
+from mlinfra_serving.models import MODEL_SPECS, AnomalyScorer, ChurnScorer, EventScorer
 from mlinfra_serving.online import MAX_ENTITY_ID, OnlineFeatureReader, OnlineStoreError
 from mlinfra_serving.predictions import Prediction, PredictionLog
 from mlinfra_serving.settings import ServingSettings
 
-__all__ = ["SETTINGS_ENV", "ServiceState", "app_from_env", "create_app"]
+__all__ = ["SETTINGS_ENV", "DirectRoute", "ServiceState", "app_from_env", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 #: JSON of :class:`ServingSettings` handed to uvicorn's worker processes by the CLI.
 SETTINGS_ENV = "MLINFRA_SERVING_SETTINGS"
 
-CustomerId = Annotated[int, Field(strict=True, ge=0, le=MAX_ENTITY_ID)]
+EntityId = Annotated[int, Field(strict=True, ge=0, le=MAX_ENTITY_ID)]
+CustomerId = EntityId
 
 
 # --- request and response bodies -----------------------------------------------------------
@@ -82,6 +92,84 @@ class AnomalyResponse(BaseModel):
 class ErrorBody(BaseModel):
     detail: Any
     message: str | None = None
+
+
+class EventInput(BaseModel):
+    """One product event to classify: the fields the classifier was trained on."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    event_id: EntityId | None = Field(
+        default=None, description="your id of the event; echoed and logged"
+    )
+    event_name: str = Field(min_length=1, max_length=200, examples=["endpoint_called"])
+    module: str = Field(min_length=1, max_length=200, examples=["api"])
+    event_text: str = Field(
+        max_length=10_000, description="the event's free text", examples=["response time slow"]
+    )
+    duration_s: float | None = Field(default=None, ge=0)
+    items_count: int | None = Field(default=None, ge=0, le=MAX_ENTITY_ID)
+    value_usd: float | None = None
+
+
+class EventResult(BaseModel):
+    event_id: int | None
+    category: str = Field(description="the most probable category of the taxonomy")
+    probability: float = Field(description="the category's probability")
+    probabilities: dict[str, float] = Field(description="every category's probability")
+
+
+class EventClassifyResponse(BaseModel):
+    request_id: str
+    model: str
+    version: str
+    semver: str
+    feature_service: str
+    taxonomy_version: str = Field(description="the taxonomy the champion predicts categories of")
+    results: list[EventResult]
+
+
+def event_request_model(max_events: int) -> type[BaseModel]:
+    """The event classifier's request body, with the configured maximum number of events."""
+
+    class EventClassifyRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={
+                "examples": [
+                    {
+                        "events": [
+                            {
+                                "event_id": 1,
+                                "event_name": "endpoint_called",
+                                "module": "api",
+                                "event_text": "response time slow on the export endpoint",
+                                "duration_s": 0.4,
+                                "items_count": 12,
+                                "value_usd": 0.0,
+                            }
+                        ]
+                    }
+                ]
+            },
+        )
+        events: list[EventInput] | None = Field(
+            default=None, min_length=1, max_length=max_events, description="events to classify"
+        )
+        event: EventInput | None = Field(default=None, description="one event to classify")
+
+        @model_validator(mode="after")
+        def one_of(self) -> Self:
+            if (self.events is None) == (self.event is None):
+                raise ValueError(
+                    "expected exactly one of 'events' (a list of 1 to "
+                    f"{max_events} events) or 'event'"
+                )
+            return self
+
+        def items(self) -> list[EventInput]:
+            return self.events if self.events is not None else [self.event]  # type: ignore[list-item]
+
+    return EventClassifyRequest
 
 
 def churn_request_model(max_ids: int) -> type[BaseModel]:
@@ -218,7 +306,7 @@ def _describe(error: Any) -> str:
 
 def _request_id(request: Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(16)
 
 
 def _read(state: ServiceState, service: str, ids: list[int]) -> Any:
@@ -229,14 +317,25 @@ def _read(state: ServiceState, service: str, ids: list[int]) -> Any:
     except Exception as exc:  # Redis down, SQLite locked, ...
         logger.exception("online read failed")
         raise HTTPException(503, f"online store unavailable: {type(exc).__name__}: {exc}") from exc
-    lookups = state.metrics.lookups
+    metrics = state.metrics
     for view, stamps in rows.timestamps.items():
-        found = sum(ts is not None for ts in stamps)
+        found = len(stamps) - stamps.count(None)
         if found:
-            lookups.labels(view, "found").inc(found)
+            metrics.child(metrics.lookups, view, "found").inc(found)
         if found < len(stamps):
-            lookups.labels(view, "not_found").inc(len(stamps) - found)
+            metrics.child(metrics.lookups, view, "not_found").inc(len(stamps) - found)
     return rows
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the :class:`~starlette.requests.Request` and returns a
+    :class:`~starlette.responses.Response` itself: FastAPI calls it directly, without solving
+    parameters or validating the response (see the module docstring). Exceptions reach the
+    app's handlers as from any route."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return endpoint
 
 
 # --- the app -------------------------------------------------------------------------------
@@ -285,14 +384,27 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             headers=getattr(exc, "headers", None),
         )
 
+    score_nulls = settings.missing_entity == "score_with_nulls"
     churn_request = churn_request_model(settings.max_ids_per_request)
+    event_request = event_request_model(settings.max_ids_per_request)
     unavailable: dict[int | str, dict[str, Any]] = {
         503: {"model": ErrorBody, "description": "no champion, or the online store is down"}
     }
 
+    def post(path: str, **options: Any) -> Callable[[Any], Any]:
+        """Register a model route as a :class:`DirectRoute`."""
+
+        def register(endpoint: Any) -> Any:
+            app.router.add_api_route(
+                path, endpoint, methods=["POST"], route_class_override=DirectRoute, **options
+            )
+            return endpoint
+
+        return register
+
     if "churn" in settings.models:
 
-        @app.post(
+        @post(
             "/v1/churn/score",
             response_model=ChurnResponse,
             responses=unavailable,
@@ -300,37 +412,43 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             summary="Churn probability of one or many customers",
             openapi_extra=_json_body(churn_request),
         )
-        async def score_churn(request: Request) -> Any:
+        async def score_churn(request: Request) -> Response:
             body = _parse(churn_request, await request.body())
             champion = state.champion_or_503("churn")
             ids: list[int] = body.ids()  # type: ignore[attr-defined]
             rows = _read(state, champion.feature_service, ids)
             request_id = _request_id(request)
-            score_nulls = settings.missing_entity == "score_with_nulls"
             missing = [rows.missing_views(i) for i in range(len(ids))]
-            index = [i for i in range(len(ids)) if score_nulls or not missing[i]]
+            if score_nulls:
+                index = list(range(len(ids)))
+            else:
+                index = [i for i in range(len(ids)) if not missing[i]]
             scorer = champion.scorer
-            scores = scorer.score(rows, index)
-            by_row = dict(zip(index, scores.tolist(), strict=True))
+            assert isinstance(scorer, ChurnScorer)
+            scores = scorer.score(rows, index).tolist()
+            by_row = dict(zip(index, scores, strict=True))
             now = datetime.now(UTC)
+            version, semver, service = champion.version, champion.semver, champion.feature_service
+            features = scorer.features
             state.log.append(
                 [
                     Prediction(
                         request_id,
                         "churn",
-                        champion.version,
-                        champion.semver,
-                        champion.feature_service,
+                        version,
+                        semver,
+                        service,
                         ids[i],
                         None,
-                        by_row[i],
+                        score,
                         now,
-                        rows.row(i, scorer.features),
+                        rows.row(i, features),
                     )
-                    for i in index
+                    for i, score in zip(index, scores, strict=True)
                 ]
             )
-            state.metrics.predictions.labels("churn", champion.version).inc(len(index))
+            metrics = state.metrics
+            metrics.child(metrics.predictions, "churn", version).inc(len(index))
             results = [
                 {
                     "customer_id": cid,
@@ -344,9 +462,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 {
                     "request_id": request_id,
                     "model": "churn",
-                    "version": champion.version,
-                    "semver": champion.semver,
-                    "feature_service": champion.feature_service,
+                    "version": version,
+                    "semver": semver,
+                    "feature_service": service,
                     "results": results,
                 },
                 headers={"x-request-id": request_id},
@@ -354,7 +472,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     if "anomaly_detector" in settings.models:
 
-        @app.post(
+        @post(
             "/v1/anomaly_detector/score",
             response_model=AnomalyResponse,
             responses=unavailable,
@@ -368,7 +486,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             ),
             openapi_extra=_json_body(AnomalyRequest),
         )
-        async def score_anomaly(request: Request) -> Any:
+        async def score_anomaly(request: Request) -> Response:
             body = _parse(AnomalyRequest, await request.body())
             assert isinstance(body, AnomalyRequest)
             today = datetime.now(UTC).date()
@@ -417,7 +535,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                         )
                     ]
                 )
-                state.metrics.predictions.labels("anomaly_detector", champion.version).inc()
+                metrics = state.metrics
+                metrics.child(metrics.predictions, "anomaly_detector", champion.version).inc()
             return JSONResponse(
                 {
                     "request_id": request_id,
@@ -432,6 +551,79 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                     "is_anomaly": flagged,
                     "threshold": scorer.threshold,
                     "reason": reason,
+                },
+                headers={"x-request-id": request_id},
+            )
+
+    if "event_classifier" in settings.models:
+
+        @post(
+            "/v1/event_classifier/classify",
+            response_model=EventClassifyResponse,
+            responses={503: {"model": ErrorBody, "description": "no champion"}},
+            tags=["event_classifier"],
+            summary="Category of one or many product events",
+            description=(
+                "Classifies the events the request carries (name, module, text, numbers) into "
+                "the champion's taxonomy; nothing is read from the online store. Each result "
+                "has the most probable category, its probability and every category's."
+            ),
+            openapi_extra=_json_body(event_request),
+        )
+        async def classify_events(request: Request) -> Response:
+            body = _parse(event_request, await request.body())
+            champion = state.champion_or_503("event_classifier")
+            scorer = champion.scorer
+            assert isinstance(scorer, EventScorer)
+            events: list[EventInput] = body.items()  # type: ignore[attr-defined]
+            fields = [e.model_dump(exclude={"event_id"}) for e in events]
+            proba = await run_in_threadpool(scorer.probabilities, fields)
+            request_id = _request_id(request)
+            classes = scorer.classes
+            best = proba.argmax(axis=1).tolist()
+            now = datetime.now(UTC)
+            version, semver, service = champion.version, champion.semver, champion.feature_service
+            results = []
+            predictions = []
+            for event, values, row, k in zip(events, fields, proba.tolist(), best, strict=True):
+                category, probability = classes[k], row[k]
+                results.append(
+                    {
+                        "event_id": event.event_id,
+                        "category": category,
+                        "probability": probability,
+                        "probabilities": dict(zip(classes, row, strict=True)),
+                    }
+                )
+                predictions.append(
+                    Prediction(
+                        request_id,
+                        "event_classifier",
+                        version,
+                        semver,
+                        service,
+                        event.event_id,
+                        None,
+                        probability,
+                        now,
+                        tuple(values[f] for f in scorer.features),
+                        label=category,
+                    )
+                )
+            state.log.append(predictions)
+            metrics = state.metrics
+            metrics.child(metrics.predictions, "event_classifier", version).inc(len(events))
+            for category in (classes[k] for k in best):
+                metrics.child(metrics.categories, "event_classifier", category).inc()
+            return JSONResponse(
+                {
+                    "request_id": request_id,
+                    "model": "event_classifier",
+                    "version": version,
+                    "semver": semver,
+                    "feature_service": service,
+                    "taxonomy_version": champion.tags.get("taxonomy_version", "unknown"),
+                    "results": results,
                 },
                 headers={"x-request-id": request_id},
             )

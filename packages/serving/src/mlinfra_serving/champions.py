@@ -33,6 +33,8 @@ class Champion:
     feature_service: str
     scorer: Scorer
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: The registered version's tags (``taxonomy_version``, ``data_window``, ...).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class Champions:
@@ -96,6 +98,7 @@ class Champions:
             semver=version.semver,
             feature_service=feature_service,
             scorer=scorer,
+            tags=dict(version.tags),
         )
         self._current[model] = new  # the atomic swap
         self.errors.pop(model, None)

@@ -2,7 +2,7 @@
 
     uv run mlinfra-serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--home .mlinfra]
                          [--online-store sqlite|redis] [--redis 127.0.0.1:6379]
-                         [--models churn,anomaly_detector] [--reload-interval 30]
+                         [--models churn,anomaly_detector,event_classifier] [--reload-interval 30]
                          [--max-ids 1000] [--missing-entity not_found|score_with_nulls]
 
 Also ``python -m mlinfra_serving``. The settings travel to uvicorn's workers as JSON in
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--redis", default="127.0.0.1:6379", help="Redis connection string")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    parser.add_argument("--models", default="churn,anomaly_detector")
+    parser.add_argument("--models", default="churn,anomaly_detector,event_classifier")
     parser.add_argument("--reload-interval", type=float, default=30.0, help="seconds")
     parser.add_argument("--max-ids", type=int, default=1000)
     parser.add_argument("--missing-entity", choices=MISSING_ENTITY_POLICIES, default="not_found")

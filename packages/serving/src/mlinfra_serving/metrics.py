@@ -32,6 +32,7 @@ class ServingMetrics:
 
         values.ValueClass = values.MutexValue
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "mlinfra_serving_requests",
             "HTTP requests by route template, method and status code.",
@@ -57,6 +58,12 @@ class ServingMetrics:
             ["model", "version"],
             registry=self.registry,
         )
+        self.categories = Counter(
+            "mlinfra_serving_predicted_categories",
+            "Predicted categories of classifiers, by model and category.",
+            ["model", "category"],
+            registry=self.registry,
+        )
         self.model_version = Gauge(
             "mlinfra_serving_model_version_info",
             "The loaded champion of each model (value 1), with its version and semver.",
@@ -79,6 +86,15 @@ class ServingMetrics:
             ["model"],
             registry=self.registry,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached (prometheus_client returns the same child for the
+        same labels; finding it costs more than counting)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def forget_model_version(self, model: str, version: str, semver: str) -> None:
         with warnings.catch_warnings():  # the multiprocess-mode warning does not apply
@@ -110,5 +126,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(label, scope["method"], str(status["code"])).inc()
+            metrics = self.metrics
+            metrics.child(metrics.latency, label).observe(time.perf_counter() - started)
+            metrics.child(metrics.requests, label, scope["method"], str(status["code"])).inc()

@@ -1,23 +1,34 @@
-"""The served models: how each model's champion is loaded and scores rows of online features.
+"""The served models: how each model's champion is loaded and scores its inputs.
 
 :data:`MODEL_SPECS` is the extension point. A model is served once it has a spec here (a
 loader from a registered version to a :class:`Scorer`) and a route in
-:mod:`mlinfra_serving.app`; ``event_classifier`` gets both when its registered model exists
-(it scores events, not customers, so it needs its own request and response shapes).
+:mod:`mlinfra_serving.app`. Churn and the anomaly detector score rows of online features; the
+event classifier classifies the events a request carries (their name, module, text and
+numbers), so it reads nothing from the online store.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import polars as pl
 
 from mlinfra_serving.online import OnlineRows
+from mlinfra_serving.trees import CompiledTrees, compile_trees
 
-__all__ = ["MODEL_SPECS", "AnomalyScorer", "ChurnScorer", "ModelSpec", "Scorer"]
+__all__ = [
+    "EVENT_FIELDS",
+    "MODEL_SPECS",
+    "AnomalyScorer",
+    "ChurnScorer",
+    "EventScorer",
+    "ModelSpec",
+    "Scorer",
+]
 
 
 class Scorer(Protocol):
@@ -37,14 +48,23 @@ class ChurnScorer:
 
     Categoricals are strings (null -> ``"unknown"``) and numbers floats (null -> NaN), exactly
     as :meth:`mlinfra_models.ChurnModel.matrix` prepares them for training and evaluation.
+    The trees are evaluated by :class:`~mlinfra_serving.trees.CompiledTrees` when the model
+    allows it (``compiled`` says why not otherwise), by CatBoost's ``predict_proba`` otherwise.
     """
 
     booster: Any
     features: list[str]
+    compile: bool = True
 
     def __post_init__(self) -> None:
         self._categorical = [f in _CATEGORICAL for f in self.features]
         self._cat_indices = [n for n, c in enumerate(self._categorical) if c]
+        self.trees: CompiledTrees | None = None
+        self.compiled = "not compiled (compile=False)"
+        if self.compile:
+            self.trees, self.compiled = compile_trees(self.booster, self.features)
+            if self.trees is not None and self.trees.cat_columns != self._cat_indices:
+                self.trees, self.compiled = None, "the model's categorical features differ"
 
     def matrix(self, rows: OnlineRows, index: Sequence[int]) -> list[list[Any]]:
         columns = [rows.columns[f] for f in self.features]
@@ -63,6 +83,29 @@ class ChurnScorer:
     def score(self, rows: OnlineRows, index: Sequence[int]) -> np.ndarray:
         if not index:
             return np.empty(0)
+        trees = self.trees
+        if trees is not None:
+            columns = [rows.columns[self.features[c]] for c in trees.float_columns]
+            if len(index) == 1:
+                i = index[0]
+                row = [math.nan if (v := c[i]) is None else float(v) for c in columns]
+                cat = tuple(
+                    "unknown" if (v := rows.columns[self.features[c]][i]) is None else str(v)
+                    for c in trees.cat_columns
+                )
+                return np.array([trees.probability(row, cat)])
+            floats = np.array(
+                [[math.nan if (v := c[i]) is None else float(v) for c in columns] for i in index],
+                dtype=np.float32,
+            ).reshape(len(index), len(columns))
+            cats = [
+                tuple(
+                    "unknown" if (v := rows.columns[self.features[c]][i]) is None else str(v)
+                    for c in trees.cat_columns
+                )
+                for i in index
+            ]
+            return trees.probabilities(floats, cats)
         from catboost import Pool
 
         # An explicit Pool costs less than letting predict_proba infer one from a list.
@@ -84,13 +127,49 @@ class AnomalyScorer:
     def score(self, rows: OnlineRows, index: Sequence[int]) -> np.ndarray:
         if not index:
             return np.empty(0)
-        import polars as pl
-
         frame = pl.DataFrame(
             {f: [rows.columns[f][i] for i in index] for f in self.features},
             schema={f: pl.Float64 for f in self.features},
         )
         return np.asarray(self.model.score(frame), dtype=np.float64)
+
+
+#: The event fields a classification request carries, with their types (those of the
+#: ``product_event_features`` view the classifier trains on).
+EVENT_FIELDS: dict[str, type[pl.DataType]] = {
+    "event_name": pl.String,
+    "module": pl.String,
+    "event_text": pl.String,
+    "duration_s": pl.Float64,
+    "items_count": pl.Int64,
+    "value_usd": pl.Float64,
+}
+
+
+@dataclass
+class EventScorer:
+    """The event-classifier champion: class probabilities of events, through
+    :meth:`mlinfra_models.EventClassifier.predict_proba` (the preparation it was evaluated
+    with: categoricals and text as strings, nulls as ``unknown`` and the empty text)."""
+
+    model: Any  # mlinfra_models.EventClassifier
+    features: list[str]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model.classes)
+
+    def probabilities(self, events: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``(len(events), len(classes))`` probabilities of events given as field mappings."""
+        frame = pl.DataFrame(
+            {f: [e.get(f) for e in events] for f in self.features},
+            schema={f: EVENT_FIELDS[f] for f in self.features},
+        )
+        return np.asarray(self.model.predict_proba(frame), dtype=np.float64)
+
+    def score(self, rows: OnlineRows, index: Sequence[int]) -> np.ndarray:
+        """Class probabilities of events read from the online store (``event_classifier_v1``)."""
+        return self.probabilities([{f: rows.columns[f][i] for f in self.features} for i in index])
 
 
 def _load_churn(source: str, features: list[str]) -> ChurnScorer:
@@ -104,6 +183,22 @@ def _load_anomaly(source: str, features: list[str]) -> AnomalyScorer:
 
     model = load_anomaly_model(source)
     return AnomalyScorer(model=model, features=list(model.features))
+
+
+def _load_events(source: str, features: list[str]) -> EventScorer:
+    unknown = [f for f in features if f not in EVENT_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"{source} needs feature(s) {unknown} that a classification request does not "
+            f"carry; the service classifies events by {list(EVENT_FIELDS)}"
+        )
+    import mlflow.catboost
+
+    from mlinfra_models import EventClassifier
+
+    booster = mlflow.catboost.load_model(source)
+    model = EventClassifier(booster=booster, features=list(features), taxonomy_version="")
+    return EventScorer(model=model, features=list(features))
 
 
 @dataclass(frozen=True)
@@ -122,5 +217,6 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("churn", _load_churn, "churn_v2"),
         ModelSpec("anomaly_detector", _load_anomaly, "anomaly_detector_v1"),
+        ModelSpec("event_classifier", _load_events, "event_classifier_v1"),
     )
 }

@@ -8,7 +8,9 @@ ops jobs read ``<home>/predictions/<model>/**/*.parquet`` with a ``date`` column
 Columns: ``request_id``, ``model``, ``version``, ``semver``, ``feature_service``,
 ``entity_id``, ``day`` (the anomaly detector's account-day; null for churn), ``score``,
 ``timestamp`` (UTC, when it was scored) and ``feature_hash`` (BLAKE2b of the feature values the
-model saw, in contract order, to join with outcomes without storing the values twice).
+model saw, in contract order, to join with outcomes without storing the values twice). The event
+classifier's files add ``label`` (the predicted category; ``score`` is its probability, and
+``entity_id`` the event id when the request gave one).
 
 A request only appends to a buffer. A writer thread takes what is buffered
 every ``flush_interval_s`` (sooner once ``batch_size`` wait) and writes each partition's rows to a
@@ -49,6 +51,8 @@ SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "timestamp": pl.Datetime("us", "UTC"),
     "feature_hash": pl.String,
 }
+#: The event classifier's predicted category (only in the files of models that predict one).
+LABEL_COLUMN = "label"
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,12 @@ class Prediction:
     version: str
     semver: str
     feature_service: str
-    entity_id: int
+    entity_id: int | None
     day: date | None
     score: float
     timestamp: datetime
     features: tuple[Any, ...]
+    label: str | None = None
 
 
 def feature_hash(values: Sequence[Any]) -> str:
@@ -177,6 +182,10 @@ def write_partition(root: Path, model: str, day: date, rows: list[Prediction]) -
         },
         schema=SCHEMA,
     )
+    if any(p.label is not None for p in rows):
+        frame = frame.with_columns(
+            pl.Series(LABEL_COLUMN, [p.label for p in rows], dtype=pl.String)
+        )
     folder = root / model / f"date={day.isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -193,4 +202,5 @@ def read_prediction_log(root: Path, model: str) -> pl.DataFrame:
     files = sorted(folder.glob("date=*/*.parquet"))
     if not files:
         return pl.DataFrame(schema=SCHEMA)
-    return pl.concat([pl.read_parquet(f, hive_partitioning=False) for f in files])
+    frames = [pl.read_parquet(f, hive_partitioning=False) for f in files]
+    return pl.concat(frames, how="diagonal_relaxed")

@@ -57,10 +57,12 @@ class ServingSettings:
     home: Path = field(default_factory=default_home)
     store: FeatureStoreSettings | None = None
     registry: RegistrySettings | None = None
-    #: Models the service serves (API routes ``/v1/<model>/score``); readiness needs them all.
-    models: tuple[str, ...] = ("churn", "anomaly_detector")
+    #: Models the service serves (``/v1/<model>/score``, ``/v1/event_classifier/classify``);
+    #: readiness needs them all.
+    models: tuple[str, ...] = ("churn", "anomaly_detector", "event_classifier")
     #: How often the ``champion`` alias of every model is polled (seconds).
     reload_interval_s: float = 30.0
+    #: Most customer ids (or events) one request may carry.
     max_ids_per_request: int = 1000
     missing_entity: str = "not_found"
     prediction_log: PredictionLogSettings = field(default_factory=PredictionLogSettings)
