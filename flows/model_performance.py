@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.config import build, load
 from flows.materialize import warehouse_dir
-from flows.monitor import incidents_for
+from flows.monitor import delivery_report, incidents_for
 from mlinfra_features import VIEWS, FeatureStoreSettings, Warehouse, service_views
 from mlinfra_models import RegistrySettings, mlflow_client
 from mlinfra_ops import (
@@ -258,6 +258,7 @@ def alert_on(
         )
     else:
         incidents.resolve(key, Alert(kind="feature_drift_gone", subject=name, message="no drift"))
+    delivery_report(incidents)
 
 
 @flow(name="model-performance", log_prints=True)

@@ -6,23 +6,95 @@ Checks every feature view's freshness against its SLA (from the materialization 
 the platform's own flow runs (failed, crashed or late, from the Prefect API), and reports each
 problem as an incident through the configured alert sinks: one alert per incident, re-notified
 after ``alerts.incidents.renotify_after_s``, and a recovery message once it is gone.
+
+A view's SLA is its cadence in the feature repository and ``features.store.sla_factor`` x that
+cadence as the late-after threshold, unless ``feature_views.<view>`` (``cadence_hours``,
+``late_after_hours``) says otherwise. Bad config (an SLA shorter than the cadence, a
+non-positive cadence or threshold, an unknown view, sink type or field) is refused when the
+config is loaded, naming the view or sink and the values. A sink that fails at delivery is
+retried, logged and counted; the other sinks and the monitor go on.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
 from flows.config import build, load
-from mlinfra_features import FEATURE_SERVICES, FeatureStoreSettings, freshness
-from mlinfra_ops import Alert, IncidentPolicy, Incidents, build_sinks
+from mlinfra_features import FEATURE_SERVICES, VIEWS, FeatureStoreSettings
+from mlinfra_ops import (
+    Alert,
+    IncidentPolicy,
+    Incidents,
+    ViewSLA,
+    build_sinks,
+    freshness_under_slas,
+)
 from mlinfra_ops.freshness import USABLE, describe
 
 PROBLEM_STATES = ("FAILED", "CRASHED")
+SLA_FIELDS = ("cadence_hours", "late_after_hours")
+
+
+def feature_slas(cfg: dict[str, Any]) -> dict[str, ViewSLA]:
+    """Every feature view's SLA (see the module docstring); a bad one raises ValueError naming
+    the view, the values and the config keys they came from."""
+    configured = cfg.get("feature_views") or {}
+    unknown = sorted(set(configured) - set(VIEWS))
+    if unknown:
+        raise ValueError(
+            f"feature_views names unknown feature view(s) {unknown}; expected some of "
+            f"{sorted(VIEWS)}"
+        )
+    factor = cfg["features"]["store"]["sla_factor"]
+    slas = {}
+    for name, spec in VIEWS.items():
+        entry = {k: v for k, v in (configured.get(name) or {}).items() if v is not None}
+        extra = sorted(set(entry) - set(SLA_FIELDS))
+        if extra:
+            raise ValueError(
+                f"feature_views.{name} has unknown field(s) {extra}; expected some of "
+                f"{list(SLA_FIELDS)}"
+            )
+        try:
+            hours = {k: float(v) for k, v in entry.items()}
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"feature_views.{name} = {entry}: expected numbers of hours for {list(SLA_FIELDS)}"
+            ) from None
+        cadence_s = hours["cadence_hours"] * 3600 if "cadence_hours" in hours else None
+        cadence_s = spec.cadence.total_seconds() if cadence_s is None else cadence_s
+        if "late_after_hours" in hours:
+            late_after_s = hours["late_after_hours"] * 3600
+            source = f"feature_views.{name}.late_after_hours={entry['late_after_hours']}"
+        else:
+            late_after_s = float(factor) * cadence_s
+            source = f"features.store.sla_factor={factor} x the cadence"
+        try:
+            slas[name] = ViewSLA(name, cadence_s, late_after_s)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (late-after threshold from {source})") from None
+    return slas
+
+
+def check_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a bad monitor config before any check runs: SLAs, sinks, incident policy and the
+    flow-run window. Returns ``cfg``."""
+    feature_slas(cfg)
+    incidents_for(cfg)
+    lookback = cfg["flow_runs"]["lookback_hours"]
+    if not lookback > 0:
+        raise ValueError(f"flow_runs.lookback_hours={lookback}; expected a positive number")
+    return cfg
+
+
+def load_config(overrides: list[str] | None = None) -> dict[str, Any]:
+    """The monitor's config, composed and checked (:func:`check_config`)."""
+    return check_config(load("monitor", overrides))
 
 
 def incidents_for(cfg: dict[str, Any]) -> Incidents:
@@ -55,15 +127,24 @@ def downstream_jobs(cfg: dict[str, Any]) -> dict[str, list[str]]:
     return {view: sorted(names) for view, names in jobs.items()}
 
 
-@task
-def check_feature_views(cfg: dict[str, Any]) -> dict[str, str]:
-    """Report late, failed or missing views; resolve the ones that are fresh again."""
+def delivery_report(incidents: Incidents) -> dict[str, int]:
+    """Log each sink that failed (after its retries) and return the failures per sink."""
     logger = get_run_logger()
+    for sink, error in incidents.delivery_errors.items():
+        logger.warning(
+            "alert sink %s failed %d time(s): %s", sink, incidents.delivery_failures[sink], error
+        )
+    return dict(incidents.delivery_failures)
+
+
+@task
+def check_feature_views(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Report late, failed or missing views; resolve the ones that are fresh again."""
     store: FeatureStoreSettings = build(cfg["features"]["store"])
     incidents = incidents_for(cfg)
     downstream = downstream_jobs(cfg)
     outcomes: dict[str, str] = {}
-    for view in freshness(store):
+    for view in freshness_under_slas(store, feature_slas(cfg)):
         key = f"feature_view:{view.feature_view}"
         if view.state == "fresh":
             resolved = incidents.resolve(
@@ -99,13 +180,11 @@ def check_feature_views(cfg: dict[str, Any]) -> dict[str, str]:
                 },
             ),
         )
-    for sink, error in incidents.delivery_errors.items():
-        logger.warning("alert sink %s failed: %s", sink, error)
-    return outcomes
+    return {"outcomes": outcomes, "delivery_failures": delivery_report(incidents)}
 
 
 @task
-def check_flow_runs(cfg: dict[str, Any]) -> dict[str, str]:
+def check_flow_runs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Per flow: report when its latest run in the window failed or crashed, or when a run is
     late (scheduled and not started); resolve when its latest run completed."""
     from prefect.client.orchestration import get_client
@@ -187,24 +266,34 @@ def check_flow_runs(cfg: dict[str, Any]) -> dict[str, str]:
             f"flow_late:{name}",
             Alert(kind="flow_started", subject=name, message=f"{name} runs start on time again"),
         )
-    return outcomes
+    return {"outcomes": outcomes, "delivery_failures": delivery_report(incidents)}
 
 
 @flow(name="monitor", log_prints=True)
 def monitor(
     cfg: dict[str, Any] | None = None, overrides: list[str] | None = None
-) -> dict[str, dict[str, str]]:
-    """Check feature freshness and the platform's flow runs; alert per incident."""
-    cfg = cfg if cfg is not None else load("monitor", overrides)
+) -> dict[str, dict[str, Any]]:
+    """Check feature freshness and the platform's flow runs; alert per incident. Returns the
+    outcome per view and per flow check, and the failed deliveries per sink."""
+    cfg = check_config(cfg if cfg is not None else load("monitor", overrides))
     views = check_feature_views(cfg)
     runs = check_flow_runs(cfg)
-    problems = {k: v for k, v in {**views, **runs}.items() if v in {"opened", "renotified"}}
-    print(f"monitor: {len(views)} views, {len(runs)} flow checks; new alerts: {problems or 'none'}")
-    return {"feature_views": views, "flow_runs": runs}
+    outcomes = {**views["outcomes"], **runs["outcomes"]}
+    problems = {k: v for k, v in outcomes.items() if v in {"opened", "renotified"}}
+    failures = Counter(views["delivery_failures"]) + Counter(runs["delivery_failures"])
+    print(
+        f"monitor: {len(views['outcomes'])} views, {len(runs['outcomes'])} flow checks; "
+        f"new alerts: {problems or 'none'}; failed deliveries: {dict(failures) or 'none'}"
+    )
+    return {
+        "feature_views": views["outcomes"],
+        "flow_runs": runs["outcomes"],
+        "delivery_failures": dict(failures),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    monitor(load("monitor", sys.argv[1:] if argv is None else argv))
+    monitor(load_config(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

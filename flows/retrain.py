@@ -40,7 +40,7 @@ from prefect import flow, get_run_logger, task
 from flows.config import build, load
 from flows.label_review import resolve_taxonomy
 from flows.materialize import materialize, warehouse_dir
-from flows.monitor import incidents_for
+from flows.monitor import delivery_report, incidents_for
 from mlinfra_features import (
     VIEWS,
     FeatureStoreSettings,
@@ -109,8 +109,7 @@ def wait_for_features(cfg: dict[str, Any], model: str, services: list[str]) -> d
             store, views, policy, job=f"retrain {model}", incidents=incidents, log=logger.info
         )
     finally:
-        for sink, error in incidents.delivery_errors.items():
-            logger.warning("alert sink %s failed: %s", sink, error)
+        delivery_report(incidents)
     return {v.feature_view: v.state for v in report}
 
 

@@ -1,21 +1,29 @@
 """The monitor flow: late feature views and failed flow runs become one alert per incident, sent
-to a real webhook on 127.0.0.1, suppressed on later checks and closed with a recovery."""
+to a real webhook on 127.0.0.1, suppressed on later checks and closed with a recovery. Bad
+input: bad SLAs and sinks are refused at config load; failing sinks are retried and counted
+while the others and the monitor go on; the prediction log of the model-performance flow may
+miss partitions."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from prefect import flow
 
 from flows.config import load
 from flows.materialize import materialize
-from flows.monitor import downstream_jobs, monitor
+from flows.model_performance import read_predictions
+from flows.monitor import downstream_jobs, feature_slas, load_config, monitor
+from mlinfra_features import VIEWS
 from mlinfra_ops import read_alert_log
 
 
@@ -88,3 +96,135 @@ def test_monitor_alerts_once_per_incident_and_recovers(
     assert all(a["severity"] == "info" for a in recoveries)
     logged = [a["kind"] for a in read_alert_log(tmp_path)]
     assert logged.count("features_fresh") == len(late_views)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "feature_views.account_activity_daily.late_after_hours=12",
+            r"feature view account_activity_daily: SLA late after 12 h is shorter than its "
+            r"cadence 24 h.*feature_views.account_activity_daily.late_after_hours=12",
+        ),
+        (
+            "features.store.sla_factor=0.5",
+            r"feature view customer_profile: SLA late after 12 h is shorter than its cadence "
+            r"24 h.*features.store.sla_factor=0.5",
+        ),
+        (
+            "features.store.sla_factor=0",
+            r"feature view customer_profile: late-after threshold 0.0 s is not positive",
+        ),
+        (
+            "feature_views.customer_logins.cadence_hours=0",
+            r"feature view customer_logins: cadence 0.0 s is not positive",
+        ),
+        (
+            "feature_views.customer_logins.late_after_hours=-1",
+            r"feature view customer_logins: late-after threshold -3600.0 s is not positive",
+        ),
+        (
+            "+feature_views.customer_login={cadence_hours:24}",
+            r"unknown feature view\(s\) \['customer_login'\]",
+        ),
+        (
+            "+feature_views.customer_logins.sla_hours=24",
+            r"feature_views.customer_logins has unknown field\(s\) \['sla_hours'\]",
+        ),
+        ("alerts.sinks=[{type:pager}]", r"alert sink #0 has type 'pager'; expected one of"),
+        ("flow_runs.lookback_hours=0", r"flow_runs.lookback_hours=0; expected a positive"),
+    ],
+)
+def test_bad_config_is_refused_at_load(override: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config([f"paths.home={tmp_path}", override])
+
+
+def test_slas_default_to_twice_the_cadence_and_take_overrides(tmp_path: Path) -> None:
+    slas = feature_slas(
+        load_config(
+            [
+                f"paths.home={tmp_path}",
+                "feature_views.account_activity_daily.cadence_hours=12",
+                "feature_views.account_activity_daily.late_after_hours=30",
+            ]
+        )
+    )
+    assert set(slas) == set(VIEWS)
+    assert slas["customer_logins"].threshold_s == 2 * 86400
+    assert (
+        slas["account_activity_daily"].cadence_s,
+        slas["account_activity_daily"].threshold_s,
+    ) == (
+        12 * 3600,
+        30 * 3600,
+    )
+
+
+def refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"  # nothing listens there any more
+
+
+@pytest.fixture
+def failing_webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook on 127.0.0.1 that answers every request with 500."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/alerts", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_failing_sinks_are_retried_and_counted_and_never_stop_the_monitor(
+    tmp_path: Path,
+    webhook: tuple[str, list[dict[str, Any]]],
+    failing_webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = webhook
+    bad_url, bad_received = failing_webhook
+    retry = "retry:{attempts:2,initial_delay_s:0.01,timeout_s:2}"
+    sinks = (
+        f"alerts.sinks=[{{type:webhook,url:'{refused_url()}',{retry}}},"
+        f"{{type:webhook,url:'{bad_url}',{retry}}},{{type:log}},{{type:webhook,url:'{url}'}}]"
+    )
+    # an empty platform home: every feature view is missing, each an incident
+    result = monitor(load_config([f"paths.home={tmp_path}", sinks]))
+    assert set(result["feature_views"].values()) == {"opened"}
+    sent = len(received)
+    assert sent >= len(VIEWS), "the working webhook after the failing ones got every alert"
+    assert len(read_alert_log(tmp_path)) == sent, "so did the log sink"
+    assert len(bad_received) == 2 * sent, "every alert was retried once on the 500"
+    assert result["delivery_failures"] == {"JsonWebhookSink": sent, "JsonWebhookSink#1": sent}
+
+
+def test_model_performance_reads_a_prediction_log_with_missing_partitions(tmp_path: Path) -> None:
+    root = tmp_path / "predictions"
+    with pytest.raises(FileNotFoundError, match=r"no predictions logged under .*predictions/churn"):
+        read_predictions(root, "churn")
+    at = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    for day in ("2026-11-02", "2026-11-04"):  # 11-03 never written, 11-05 left empty
+        (root / "churn" / f"date={day}").mkdir(parents=True)
+        pl.DataFrame(
+            {"entity_id": [1, 2], "timestamp": [at, at], "score": [0.1, 0.7], "version": "1"}
+        ).write_parquet(root / "churn" / f"date={day}" / "part-0.parquet")
+    (root / "churn" / "date=2026-11-05").mkdir()
+    frame, counts = read_predictions(root, "churn")
+    assert counts == {"empty_partitions": 1, "files": 2}
+    assert frame.height == 2, "one prediction per customer and day, the latest"

@@ -22,7 +22,9 @@ from mlinfra_ops import (
     FeaturesLateError,
     Incidents,
     LogSink,
+    ViewSLA,
     WaitPolicy,
+    freshness_under_slas,
     read_alert_log,
     wait_for_fresh_features,
 )
@@ -127,3 +129,34 @@ def test_through_incidents_one_alert_across_runs_then_the_recovery(tmp_path: Pat
         wait_for_fresh_features(
             store, VIEWS, policy, job="x", sinks=[], incidents=incidents, log=lambda _: None
         )
+
+
+def test_each_view_is_judged_by_its_own_sla(tmp_path: Path) -> None:
+    store = publish(tmp_path, delay_hours=72)  # newest data about three days old
+    day = 86400.0
+    report = freshness_under_slas(
+        store,
+        {
+            "customer_logins": ViewSLA("customer_logins", day),  # late after 2 days
+            "account_activity_daily": ViewSLA("account_activity_daily", day, 4 * day),
+        },
+    )
+    states = {v.feature_view: (v.state, v.sla_seconds) for v in report}
+    assert states == {
+        "customer_logins": ("late", 2 * day),
+        "account_activity_daily": ("fresh", 4 * day),
+    }
+
+
+@pytest.mark.parametrize(
+    ("cadence", "late_after", "message"),
+    [
+        (86400, 43200, r"v: SLA late after 12 h is shorter than its cadence 24 h"),
+        (0, None, r"v: cadence 0 s is not positive"),
+        (-3600, 7200, r"v: cadence -3600 s is not positive"),
+        (3600, 0, r"v: late-after threshold 0 s is not positive"),
+    ],
+)
+def test_a_bad_sla_is_named(cadence: float, late_after: float | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ViewSLA("v", cadence, late_after)

@@ -20,7 +20,13 @@ from mlinfra_ops.cost import (
     young_interval,
 )
 from mlinfra_ops.drift import DriftReport, FeatureDrift, detect_drift, population_stability_index
-from mlinfra_ops.freshness import FeaturesLateError, WaitPolicy, wait_for_fresh_features
+from mlinfra_ops.freshness import (
+    FeaturesLateError,
+    ViewSLA,
+    WaitPolicy,
+    freshness_under_slas,
+    wait_for_fresh_features,
+)
 from mlinfra_ops.incidents import IncidentPolicy, Incidents
 from mlinfra_ops.performance import (
     Calibration,
@@ -71,6 +77,7 @@ __all__ = [
     "SpotProjection",
     "TicketSink",
     "TrainingCost",
+    "ViewSLA",
     "WaitPolicy",
     "average_precision",
     "build_sinks",
@@ -80,6 +87,7 @@ __all__ = [
     "detect_drift",
     "estimate_performance",
     "fit_calibration",
+    "freshness_under_slas",
     "label_predictions",
     "monthly_spend",
     "population_stability_index",

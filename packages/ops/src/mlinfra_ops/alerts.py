@@ -71,10 +71,13 @@ def read_alert_log(home: Path) -> list[dict[str, Any]]:
 
 
 def send_alert(alert: Alert, sinks: Sequence[AlertSink]) -> dict[str, str | None]:
-    """Send to every sink; return ``{sink: error or None}``. Never raises for a sink's failure."""
+    """Send to every sink; return ``{sink: error or None}``, a sink named by its class (with
+    ``#<position>`` when two share one). Never raises for a sink's failure."""
     results: dict[str, str | None] = {}
-    for sink in sinks:
+    for index, sink in enumerate(sinks):
         name = type(sink).__name__
+        if name in results:
+            name = f"{name}#{index}"
         try:
             sink.send(alert)
             results[name] = None

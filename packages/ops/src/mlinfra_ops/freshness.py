@@ -1,23 +1,32 @@
-"""Waiting for fresh features: alert once when a view is late, poll with backoff, go on by
-itself when materialization lands, and fail clearly when it never does.
+"""Freshness SLAs and waiting for fresh features.
 
-This is what keeps a scheduled retrain from training on stale data and from needing a manual
-retrigger when the feature job runs late.
+A :class:`ViewSLA` is one feature view's expected cadence and the age after which it counts as
+late (by default twice the cadence); :func:`freshness_under_slas` reports every view's state
+under its SLA. :func:`wait_for_fresh_features` alerts once when a view is late, polls with
+backoff, goes on by itself when materialization lands, and fails clearly when it never does:
+it keeps a scheduled retrain from training on stale data and from needing a manual retrigger
+when the feature job runs late.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from mlinfra_features import FeatureStoreSettings, ViewFreshness, freshness
+from mlinfra_features import VIEWS, FeatureStoreSettings, ViewFreshness, freshness
 from mlinfra_ops.alerts import Alert, AlertSink, LogSink, send_alert
 from mlinfra_ops.incidents import Incidents
 
-__all__ = ["FeaturesLateError", "WaitPolicy", "wait_for_fresh_features"]
+__all__ = [
+    "FeaturesLateError",
+    "ViewSLA",
+    "WaitPolicy",
+    "freshness_under_slas",
+    "wait_for_fresh_features",
+]
 
 #: States whose data may be trained on (``failed``: the last run failed but data is within SLA).
 USABLE = frozenset({"fresh", "failed"})
@@ -50,6 +59,59 @@ class WaitPolicy:
             )
         if self.backoff < 1:
             raise ValueError(f"backoff must be at least 1, got {self.backoff}")
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h"
+
+
+@dataclass(frozen=True)
+class ViewSLA:
+    """A feature view's freshness SLA: it is refreshed every ``cadence_s`` and late once its
+    newest data is older than ``late_after_s`` (default twice the cadence)."""
+
+    view: str
+    cadence_s: float
+    late_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cadence_s > 0:
+            raise ValueError(
+                f"feature view {self.view}: cadence {self.cadence_s!r} s is not positive; "
+                "expected how often the view is refreshed, e.g. 86400 (daily)"
+            )
+        if self.late_after_s is not None and not self.late_after_s > 0:
+            raise ValueError(
+                f"feature view {self.view}: late-after threshold {self.late_after_s!r} s is not "
+                "positive; expected an age in seconds, at least the cadence "
+                f"({_hours(self.cadence_s)})"
+            )
+        if self.threshold_s < self.cadence_s:
+            raise ValueError(
+                f"feature view {self.view}: SLA late after {_hours(self.threshold_s)} is shorter "
+                f"than its cadence {_hours(self.cadence_s)}, so the view would be late between "
+                "two on-time refreshes; expected late_after >= cadence (default 2 x cadence)"
+            )
+
+    @property
+    def threshold_s(self) -> float:
+        """The age in seconds after which the view is late."""
+        return 2.0 * self.cadence_s if self.late_after_s is None else float(self.late_after_s)
+
+
+def freshness_under_slas(
+    store: FeatureStoreSettings, slas: Mapping[str, ViewSLA]
+) -> list[ViewFreshness]:
+    """Every view's freshness with its own late-after threshold (``sla_seconds``), in the order
+    of ``slas``. The state logic is the feature store's (its SLA is ``sla_factor`` x the view's
+    cadence in the repository), applied with the factor that makes it this SLA."""
+    report = []
+    for name, sla in slas.items():
+        if name not in VIEWS:
+            raise LookupError(f"unknown feature view {name!r}; expected one of {sorted(VIEWS)}")
+        factor = sla.threshold_s / VIEWS[name].cadence.total_seconds()
+        report += freshness(replace(store, sla_factor=factor), [name])
+    return report
 
 
 def describe(view: ViewFreshness) -> str:

@@ -12,6 +12,7 @@ share it; every notification also goes through the sinks' own history (the log s
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +55,8 @@ class Incidents:
         self.sinks = list(sinks)
         self.policy = policy or IncidentPolicy()
         self.clock = clock
-        self.delivery_errors: dict[str, str] = {}
+        self.delivery_errors: dict[str, str] = {}  # the latest error per sink
+        self.delivery_failures: Counter[str] = Counter()  # failed deliveries per sink
 
     def open_incidents(self) -> dict[str, dict[str, Any]]:
         if not self.path.exists():
@@ -75,6 +77,7 @@ class Incidents:
         for sink, error in send_alert(alert, self.sinks).items():
             if error is not None:
                 self.delivery_errors[sink] = error
+                self.delivery_failures[sink] += 1
 
     def report(self, key: str, alert: Alert) -> Outcome:
         """A problem seen now: notify unless its incident was notified recently."""
