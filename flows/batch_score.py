@@ -1,0 +1,116 @@
+"""Batch-score flow: every active customer scored by the churn champion (daily deployment).
+
+    uv run python -m flows.batch_score [hydra overrides, e.g. as_of=2026-11-29 engine=ray
+                                         partition_rows=100000 compute=ray_cluster]
+
+Loads the registry's ``churn`` champion, reads the population from the offline store (every
+customer active at ``as_of``, with the ``churn_v2`` point-in-time features of the newest
+snapshot at or before it) and writes Parquet partitions with the scores, model, version and
+semver under ``<home>/batch_scores/churn/as_of=<snapshot>/version=<version>/``. A rerun (or a
+Prefect retry) skips the partitions already written. ``engine=auto`` scores in process below
+the measured crossover size and on Ray Data above it, or whenever a cluster address is
+configured (``compute=ray_cluster``); see :mod:`mlinfra_serving.batch`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray reads this when it is first imported: workers run in this very environment, not under a
+# fresh `uv run` of the project.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import sys
+from datetime import UTC, date, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.config import build, load
+from flows.retrain import start_ray
+from mlinfra_features import FeatureStoreSettings
+from mlinfra_models import RegistrySettings
+from mlinfra_serving.batch import (
+    BatchScoreSettings,
+    load_batch_champion,
+    population,
+    score_population,
+)
+
+
+def parse_as_of(value: Any) -> datetime:
+    """``as_of`` from the config: null (now), an ISO date (midnight UTC) or an ISO time (UTC
+    unless it says otherwise)."""
+    if value is None:
+        return datetime.now(UTC)
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"as_of={value!r}: expected an ISO date or time (2026-11-29, "
+                "2026-11-29T06:00:00Z) or null for now"
+            ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@task(retries=1, retry_delay_seconds=10)
+def score_task(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Score the population; a retry resumes from the partitions already written."""
+    logger = get_run_logger()
+    as_of = parse_as_of(cfg["as_of"])
+    store: FeatureStoreSettings = build(cfg["features"]["store"])
+    registry: RegistrySettings = build(cfg["registry"])
+    settings: BatchScoreSettings = build(cfg["batch"])
+    champion = load_batch_champion(registry, settings.model)
+    frame = population(store, champion.feature_service, as_of)
+    result = score_population(
+        frame,
+        champion,
+        settings,
+        connect=lambda: start_ray(cfg["compute"]),
+        log=logger.info,
+    )
+    return {
+        "run_dir": str(result.run_dir),
+        "model": result.model,
+        "version": result.version,
+        "semver": result.semver,
+        "feature_service": result.feature_service,
+        "as_of": result.as_of.isoformat(),
+        "rows": result.rows,
+        "partitions": result.partitions,
+        "scored": result.scored,
+        "skipped": result.skipped,
+        "engine": result.engine,
+        "engine_reason": result.engine_reason,
+        "seconds": result.seconds,
+    }
+
+
+@flow(name="batch_score", log_prints=True)
+def batch_score(
+    cfg: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Score every active customer with the churn champion into resumable Parquet partitions."""
+    cfg = cfg if cfg is not None else load("batch_score", overrides)
+    result = score_task(cfg)
+    print(
+        f"{result['model']} version {result['version']} ({result['semver']}) as of "
+        f"{result['as_of']}: {result['rows']} customers in {result['partitions']} partition(s) "
+        f"under {result['run_dir']} ({len(result['scored'])} scored {result['engine']}, "
+        f"{len(result['skipped'])} already written)"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    batch_score(load("batch_score", sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
