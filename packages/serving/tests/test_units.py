@@ -111,3 +111,37 @@ def test_prediction_log_drops_and_counts_beyond_its_queue(tmp_path: Path) -> Non
     log.append([_prediction(n, when) for n in range(8, 16)])
     assert log.dropped == 8 and dropped == [8]
     assert read_prediction_log(tmp_path, "churn").is_empty()
+
+
+def test_compiled_trees_equal_catboost_with_categoricals_ctrs_and_nans() -> None:
+    import numpy as np
+    from catboost import CatBoostClassifier, Pool
+
+    from mlinfra_serving.trees import compile_trees
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    plan = rng.choice(["basic", "pro", "enterprise"], n, p=[0.55, 0.35, 0.1])
+    x = rng.normal(size=(n, 3))
+    x[rng.random((n, 3)) < 0.1] = np.nan
+    y = ((plan == "basic") + np.nan_to_num(x[:, 0]) + rng.normal(size=n) > 0.8).astype(int)
+    rows = [[p, *r] for p, r in zip(plan, x.tolist(), strict=True)]
+    new = [[str(rng.choice(["basic", "pro", "enterprise", "new"])), *r] for r in x[:500].tolist()]
+    for options in ({}, {"one_hot_max_size": 4}, {"nan_mode": "Max"}):  # CTRs, one-hot, NaN high
+        booster = CatBoostClassifier(
+            iterations=40, depth=4, verbose=False, allow_writing_files=False, **options
+        ).fit(Pool(rows, y, cat_features=[0]))
+        trees, why = compile_trees(booster, ["plan", "a", "b", "c"])
+        assert trees is not None, why
+        want = booster.predict_proba(Pool(new, cat_features=[0]))[:, 1]
+        floats = np.asarray([r[1:] for r in new], dtype=np.float32)
+        got = trees.probabilities(floats, [(r[0],) for r in new])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        one = [trees.probability(r[1:], (r[0],)) for r in new[:50]]
+        np.testing.assert_allclose(one, want[:50], rtol=1e-12, atol=1e-15)
+    text = CatBoostClassifier(iterations=5, verbose=False, allow_writing_files=False).fit(
+        Pool([[f"w{i % 7} x", i % 3] for i in range(200)], [i % 2 for i in range(200)],
+             text_features=[0])
+    )  # fmt: skip
+    trees, why = compile_trees(text, ["t", "n"])
+    assert trees is None and "text" in why.lower(), why

@@ -62,7 +62,10 @@ class ChurnScorer:
         self.trees: CompiledTrees | None = None
         self.compiled = "not compiled (compile=False)"
         if self.compile:
-            self.trees, self.compiled = compile_trees(self.booster, self.features)
+            try:
+                self.trees, self.compiled = compile_trees(self.booster, self.features)
+            except Exception as exc:  # never a reason not to serve: CatBoost's path remains
+                self.compiled = f"compiling failed ({type(exc).__name__}: {exc})"
             if self.trees is not None and self.trees.cat_columns != self._cat_indices:
                 self.trees, self.compiled = None, "the model's categorical features differ"
 

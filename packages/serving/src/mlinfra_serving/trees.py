@@ -141,7 +141,10 @@ def compile_trees(booster: Any, features: Sequence[str]) -> tuple[CompiledTrees 
     params = booster.get_all_params()
     if params.get("loss_function") not in _LOSSES:
         return None, f"loss {params.get('loss_function')!r} is not one of {sorted(_LOSSES)}"
-    model = _json(booster)
+    try:
+        model = _json(booster)
+    except Exception as exc:  # CatBoost can't export every model as JSON
+        return None, f"CatBoost's JSON export failed ({type(exc).__name__}: {exc})"
     info = model.get("features_info", {})
     for kind in ("text_features", "embedding_features", "estimated_features"):
         if info.get(kind):
