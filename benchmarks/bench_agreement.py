@@ -148,8 +148,10 @@ def _items_from_env() -> int:
 
 def test_agreement_platform_vs_reference(
     benchmark: BenchmarkFixture,
+    *,
     measure: Callable[..., Any],
     bench_report: Callable[[str], None],
+    record_ratio: Callable[..., None],
     tmp_path: Path,
 ) -> None:
     n_items = _items_from_env()
@@ -198,4 +200,9 @@ def test_agreement_platform_vs_reference(
         merges=fast.result["merges"],
     )
     if not benchmark.disabled and n_annotations >= 1_000_000:
+        # Below 1M annotations the fixed costs dominate and the 10 s target can't be missed.
+        record_ratio(
+            benchmark, "agreement seconds / target", fast.seconds / target_s, 1.0,
+            higher_is_better=False,
+        )  # fmt: skip
         assert fast.seconds < target_s, line

@@ -317,9 +317,11 @@ def assert_same_views(polars_dir: Path, pandas_dir: Path) -> int:
 
 def test_churn_features_polars_vs_pandas(
     benchmark: BenchmarkFixture,
+    *,
     demo_warehouse: Warehouse,
     measure: Callable[..., Any],
     bench_report: Callable[[str], None],
+    record_ratio: Callable[..., None],
     tmp_path: Path,
 ) -> None:
     n = _n_customers(demo_warehouse)
@@ -392,6 +394,17 @@ def test_churn_features_polars_vs_pandas(
         speedup_vs_pandas_bucketed=same.seconds / fast.seconds,
         memory_ratio_vs_pandas_bucketed=fast_work_mb / same_work_mb,
     )
+    # Only at scale: at 2,000 customers both sides take tenths of a second and the speedup
+    # swung from 6.8x to 2.1x between two runs on a loaded machine (Polars, on both cores, loses
+    # most), and memory above the imports is tens of MB, too little to compare.
     if not benchmark.disabled and n >= 100_000:
+        record_ratio(benchmark, "churn features speedup vs pandas", speedup, TARGET_SPEEDUP)
+        record_ratio(
+            benchmark,
+            "churn features memory vs pandas",
+            memory_ratio,
+            TARGET_MEMORY_RATIO,
+            higher_is_better=False,
+        )
         assert speedup >= TARGET_SPEEDUP, line
         assert memory_ratio <= TARGET_MEMORY_RATIO, line
