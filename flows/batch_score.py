@@ -102,8 +102,9 @@ def batch_score(
     print(
         f"{result['model']} version {result['version']} ({result['semver']}) as of "
         f"{result['as_of']}: {result['rows']} customers in {result['partitions']} partition(s) "
-        f"under {result['run_dir']} ({len(result['scored'])} scored {result['engine']}, "
-        f"{len(result['skipped'])} already written)"
+        f"under {result['run_dir']} ({len(result['scored'])} scored"
+        + (f" {result['engine'].replace('_', ' ')}" if result["scored"] else "")
+        + f", {len(result['skipped'])} already written)"
     )
     return result
 

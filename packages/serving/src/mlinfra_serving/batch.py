@@ -582,10 +582,15 @@ def score_population(
     pending = [i for i in range(count) if i not in set(done)]
     pending_rows = sum(parts[i].num_rows for i in pending)
     engine, reason = choose_engine(settings, pending_rows)
+    plan = (
+        f"scoring {pending_rows:,} rows {engine.replace('_', ' ')} ({reason})"
+        if pending
+        else "nothing left to score"
+    )
     log(
         f"{champion.model} version {champion.version} ({champion.semver}) as of "
         f"{as_of.isoformat()}: {rows:,} rows in {count} partition(s), {len(done)} already "
-        f"written; scoring {pending_rows:,} rows {engine.replace('_', ' ')} ({reason})"
+        f"written; {plan}"
     )
     if pending:
         tables = [parts[i] for i in pending]
