@@ -35,6 +35,7 @@ from mlinfra_ops import (
     detect_drift,
     fit_calibration,
     label_predictions,
+    needs_calibration,
     render_performance_report,
     write_text_atomic,
 )
@@ -164,13 +165,17 @@ def evaluate_served_model(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     for key, count in {**read_stats, **join_stats}.items():
         logger.info("%s: %d", key, count)
-    # Calibrate on the oldest matured cohort (labelled production rows); else trust the scores.
+    # Calibrate on the oldest matured cohort (labelled production rows) when that improves
+    # held-out calibration (NannyML's rule); else trust the scores.
     matured = labelled.filter(pl.col("matured"))
     calibration = None
     if matured.height >= 200 and 0 < matured["label"].sum() < matured.height:
         cohort = matured["predicted_at"].dt.truncate(cfg["cohort"])
         first = matured.filter(cohort == cohort.min())
-        calibration = fit_calibration(first["score"].to_numpy(), first["label"].to_numpy())
+        scores, outcomes = first["score"].to_numpy(), first["label"].to_numpy()
+        if needs_calibration(scores, outcomes):
+            calibration = fit_calibration(scores, outcomes)
+        logger.info("calibration: %s", "isotonic" if calibration else "none needed")
     cohorts = cohort_performance(
         labelled, calibration=calibration, every=cfg["cohort"], n_boot=cfg["bootstrap_resamples"]
     )

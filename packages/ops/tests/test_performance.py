@@ -16,6 +16,7 @@ from mlinfra_ops import (
     estimate_performance,
     fit_calibration,
     label_predictions,
+    needs_calibration,
     population_stability_index,
     roc_auc,
 )
@@ -148,3 +149,17 @@ def test_nulls_count_as_drift_and_bad_input_is_named() -> None:
             horizon=timedelta(days=30),
             data_end=datetime.now(UTC),
         )
+
+
+def test_needs_calibration_only_for_miscalibrated_scores() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.beta(1, 8, size=4000)
+    y = rng.random(4000) < p
+    # calibrated by construction: an isotonic fit can only add noise
+    assert not needs_calibration(p, y)
+    # the same ranking, squashed towards 0.5: the held-out calibration error drops after a fit
+    assert needs_calibration(0.5 + (p - p.mean()) / 4, y)
+    # a single outcome, or a perfect ranking, needs nothing
+    assert not needs_calibration(p, np.zeros(4000, dtype=bool))
+    with pytest.raises(ValueError, match="test_share"):
+        needs_calibration(p, y, test_share=1.5)

@@ -23,6 +23,7 @@ scikit-learn and the estimate against outcomes drawn from known probabilities.
 from __future__ import annotations
 
 import html
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -135,6 +136,60 @@ def fit_calibration(scores: np.ndarray, labels: np.ndarray) -> Calibration:
     keep = np.ones(x.size, dtype=bool)
     keep[1:-1] = (fitted[:-2] != fitted[1:-1]) | (fitted[1:-1] != fitted[2:])
     return Calibration(scores=x[keep].tolist(), probabilities=fitted[keep].tolist())
+
+
+def needs_calibration(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    splits: int = 10,
+    test_share: float = 0.1,
+    bins: int = 10,
+    seed: int = 42,
+) -> bool:
+    """Whether an isotonic calibration fitted on these labelled rows improves held-out
+    calibration: NannyML's rule before CBPE. Over ``splits`` stratified random splits, fit on
+    the rest and calibrate each held-out ``test_share``; pool the held-out rows and compare the
+    expected calibration error (``bins`` equal-count bins) before and after.
+    """
+    y, s = _check_labels(labels, scores)
+    if y.all() or not y.any() or roc_auc(y, s) > 0.999:
+        return False
+    if not 0 < test_share < 1 or splits < 1 or bins < 2:
+        raise ValueError(
+            f"needs_calibration: expected splits >= 1, 0 < test_share < 1 and bins >= 2, got "
+            f"{splits}, {test_share}, {bins}"
+        )
+    rng = np.random.default_rng(seed)
+    classes = [np.flatnonzero(y), np.flatnonzero(~y)]
+    held_y, raw, calibrated = [], [], []
+    for _ in range(splits):
+        test = np.concatenate(
+            [rng.permutation(c)[: max(1, round(test_share * c.size))] for c in classes]
+        )
+        train = np.ones(y.size, dtype=bool)
+        train[test] = False
+        if y[train].all() or not y[train].any():
+            return False  # too few rows of one outcome to calibrate on at all
+        held_y.append(y[test])
+        raw.append(s[test])
+        calibrated.append(fit_calibration(s[train], y[train]).apply(s[test]))
+    truth = np.concatenate(held_y).astype(np.float64)
+    before = _expected_calibration_error(truth, np.concatenate(raw), bins)
+    after = _expected_calibration_error(truth, np.concatenate(calibrated), bins)
+    return bool(before > after)
+
+
+def _expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int) -> float:
+    """Mean |predicted - observed| over equal-count bins of the sorted predictions."""
+    order = np.argsort(p, kind="mergesort")
+    edges = np.linspace(0, p.size, min(bins, max(p.size // 2, 1)) + 1).astype(int)
+    total = 0.0
+    for left, right in itertools.pairwise(edges.tolist()):
+        if right > left:
+            chunk = order[left:right]
+            total += (right - left) / p.size * abs(p[chunk].mean() - y[chunk].mean())
+    return total
 
 
 @dataclass(frozen=True)
