@@ -6,12 +6,8 @@ miss partitions."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +21,6 @@ from flows.model_performance import read_predictions
 from flows.monitor import downstream_jobs, feature_slas, load_config, monitor
 from mlinfra_features import VIEWS
 from mlinfra_ops import read_alert_log
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/alerts", received
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @flow(name="mlinfra-test-broken-job")
@@ -166,29 +140,6 @@ def refused_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/hook"  # nothing listens there any more
-
-
-@pytest.fixture
-def failing_webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A webhook on 127.0.0.1 that answers every request with 500."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(500)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/alerts", received
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.mark.usefixtures("prefect_harness")

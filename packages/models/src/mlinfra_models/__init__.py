@@ -6,6 +6,7 @@ never loads them.
 Plain Python on Polars frames: no Feast, no Prefect, no Hydra.
 """
 
+from mlinfra_models._atomic import write_atomic, write_text_atomic
 from mlinfra_models.anomaly import (
     ANOMALY_FEATURES,
     AnomalyEvaluation,
@@ -152,6 +153,8 @@ __all__ = [
     "train_churn",
     "train_event_classifier",
     "train_loop_per_worker",
+    "write_atomic",
     "write_classification_report",
     "write_report",
+    "write_text_atomic",
 ]

@@ -39,7 +39,6 @@ import hashlib
 import json
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ import polars as pl
 import pyarrow as pa
 
 from mlinfra_features import FEATURE_SERVICES, VIEWS, FeatureStoreSettings, service_entity_key
-from mlinfra_models import RegistrySettings
+from mlinfra_models import RegistrySettings, write_atomic, write_text_atomic
 
 __all__ = [
     "ENGINES",
@@ -463,26 +462,14 @@ def partition_path(directory: Path, index: int) -> Path:
 
 
 def _write_atomic(path: Path, table: pa.Table) -> None:
-    """Write ``table`` to a temporary name beside ``path``, then rename it (never half a file)."""
+    """Write ``table`` as Parquet under a temporary name beside ``path``, then rename it."""
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _complete(path: Path, rows: int) -> bool:
