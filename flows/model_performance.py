@@ -26,16 +26,16 @@ from flows.config import build, load
 from flows.materialize import warehouse_dir
 from flows.monitor import delivery_report, incidents_for
 from mlinfra_features import VIEWS, FeatureStoreSettings, Warehouse, service_views
-from mlinfra_models import RegistrySettings, mlflow_client
+from mlinfra_models import RegistrySettings, load_reference, mlflow_client
 from mlinfra_ops import (
     Alert,
+    Calibration,
     CohortPerformance,
     DriftReport,
     cohort_performance,
     detect_drift,
-    fit_calibration,
     label_predictions,
-    needs_calibration,
+    reference_calibration,
     render_performance_report,
     write_text_atomic,
 )
@@ -81,6 +81,42 @@ def offline_aucs(registry: RegistrySettings, model: str, versions: list[str]) ->
         if "roc_auc" in tags:
             out[version] = float(tags["roc_auc"])
     return out
+
+
+def calibrations_for(
+    registry: RegistrySettings, model: str, versions: list[str], labelled: pl.DataFrame
+) -> tuple[dict[str, Calibration | None], dict[str, str]]:
+    """Each served version's CBPE calibration and what it was fitted on.
+
+    The reference is the version's labelled held-out predictions, logged when it was trained
+    (validation and evaluation windows: NannyML's reference period). A version logged without
+    one falls back to its matured production predictions. Isotonic calibration is applied only
+    where it improves held-out calibration (:func:`mlinfra_ops.reference_calibration`)."""
+    calibrations: dict[str, Calibration | None] = {}
+    sources: dict[str, str] = {}
+    for version in map(str, versions):
+        reference = load_reference(registry, model, version)
+        source = "held-out reference"
+        if reference is None:
+            reference = labelled.filter(
+                pl.col("version").cast(pl.String) == version, pl.col("matured")
+            )
+            source = "matured production predictions"
+        labels = reference["label"].cast(pl.Boolean)
+        positives = int(labels.sum())
+        if reference.height < 200 or positives in (0, reference.height):
+            calibrations[version] = None
+            sources[version] = (
+                f"none: {reference.height} {source} rows with {positives} positives are too "
+                "few to calibrate on; scores taken as calibrated"
+            )
+            continue
+        calibrations[version] = reference_calibration(
+            reference["score"].to_numpy(), labels.to_numpy()
+        )
+        rule = "isotonic" if calibrations[version] else "none needed"
+        sources[version] = f"{rule} ({source}, {reference.height} rows, {positives} positives)"
+    return calibrations, sources
 
 
 def training_window_drift(
@@ -165,21 +201,13 @@ def evaluate_served_model(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     for key, count in {**read_stats, **join_stats}.items():
         logger.info("%s: %d", key, count)
-    # Calibrate on the oldest matured cohort (labelled production rows) when that improves
-    # held-out calibration (NannyML's rule); else trust the scores.
-    matured = labelled.filter(pl.col("matured"))
-    calibration = None
-    if matured.height >= 200 and 0 < matured["label"].sum() < matured.height:
-        cohort = matured["predicted_at"].dt.truncate(cfg["cohort"])
-        first = matured.filter(cohort == cohort.min())
-        scores, outcomes = first["score"].to_numpy(), first["label"].to_numpy()
-        if needs_calibration(scores, outcomes):
-            calibration = fit_calibration(scores, outcomes)
-        logger.info("calibration: %s", "isotonic" if calibration else "none needed")
-    cohorts = cohort_performance(
-        labelled, calibration=calibration, every=cfg["cohort"], n_boot=cfg["bootstrap_resamples"]
-    )
     versions = sorted(labelled["version"].unique().to_list(), key=int)
+    calibrations, calibrated_on = calibrations_for(registry, name, versions, labelled)
+    for version, source in calibrated_on.items():
+        logger.info("calibration of version %s: %s", version, source)
+    cohorts = cohort_performance(
+        labelled, calibration=calibrations, every=cfg["cohort"], n_boot=cfg["bootstrap_resamples"]
+    )
     offline = offline_aucs(registry, name, versions)
     served = mlflow_client(registry).get_model_version(name, versions[-1]).tags
     drift = training_window_drift(
@@ -195,7 +223,7 @@ def evaluate_served_model(cfg: dict[str, Any]) -> dict[str, Any]:
         "model": f"{name} (served versions {', '.join(versions)})",
         "predictions": f"{labelled.height} ({read_stats['files']} files)",
         "outcome horizon": f"{cfg['horizon_days']} days; data end {warehouse.data_end()}",
-        "calibration": "oldest matured cohort" if calibration else "scores taken as calibrated",
+        "calibration": "; ".join(f"v{v}: {s}" for v, s in calibrated_on.items()),
         "skipped": json.dumps({**read_stats, **join_stats}),
     }
     page = render_performance_report(
@@ -210,6 +238,7 @@ def evaluate_served_model(cfg: dict[str, Any]) -> dict[str, Any]:
     summary = {
         "cohorts": [c.as_dict() for c in cohorts],
         "offline_roc_auc": offline,
+        "calibration": calibrated_on,
         "drift": {
             "dataset_drift": drift.dataset_drift,
             "features": [asdict(f) for f in drift.features],

@@ -4,6 +4,7 @@ the notebook end to end."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,8 +32,10 @@ from mlinfra_models import (
     CHURN_LABEL,
     ChurnModel,
     ChurnSettings,
+    TimeSplit,
     churn_labels,
     evaluate_binary,
+    held_out_reference,
     time_split,
     train_churn,
 )
@@ -57,9 +60,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStoreSettings
 
 
 @pytest.fixture(scope="module")
-def trained(
-    demo: tuple[FeatureStoreSettings, Warehouse],
-) -> tuple[dict[str, ChurnModel], pl.DataFrame]:
+def split(demo: tuple[FeatureStoreSettings, Warehouse]) -> TimeSplit:
     store, warehouse = demo
     dates = (
         pl.scan_parquet(store.offline_dir / "customer_profile.parquet")
@@ -73,7 +74,11 @@ def trained(
         dates,
         warehouse.data_end(),
     )
-    split = time_split(training_set(store, "churn_v2", labels), SETTINGS)
+    return time_split(training_set(store, "churn_v2", labels), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def trained(split: TimeSplit) -> tuple[dict[str, ChurnModel], pl.DataFrame]:
     models = {
         service: train_churn(split.train, split.validation, service_features(service), SETTINGS)
         for service in ("churn_v1", "churn_v2")
@@ -133,7 +138,7 @@ def served_model_is_monitored(home: Path, version: str) -> None:
     import mlflow.catboost
 
     from flows.model_performance import model_performance
-    from mlinfra_models import RegistrySettings, mlflow_client
+    from mlinfra_models import RegistrySettings, load_reference, mlflow_client
 
     mlflow_client(RegistrySettings(home=home))
     booster = mlflow.catboost.load_model(f"models:/churn/{version}")
@@ -177,6 +182,15 @@ def served_model_is_monitored(home: Path, version: str) -> None:
     assert all(c["realized_roc_auc"] is None for c in cohorts if not c["matured"])
     assert Path(summary["report"]).is_file()
     assert set(summary["offline_roc_auc"]) == {version}
+    # CBPE is calibrated on the version's held-out reference, logged with it at training
+    assert re.fullmatch(
+        r"(isotonic|none needed) \(held-out reference, \d+ rows, \d+ positives\)",
+        summary["calibration"][version],
+    ), summary["calibration"]
+    reference = load_reference(RegistrySettings(home=home), "churn", version)
+    assert reference is not None
+    assert set(reference["window"]) == {"validation", "evaluation"}
+    assert reference["score"].is_between(0, 1).all() and reference["label"].dtype == pl.Boolean
     assert summary["offline_roc_auc"][version] > 0.7
     kinds = [a["kind"] for a in read_alert_log(home)]
     assert "estimated_auc_low" in kinds and "realized_auc_low" in kinds, "below the 0.99 floor"
@@ -246,15 +260,17 @@ def test_retrain_waits_for_late_features_and_continues_by_itself(tmp_path: Path)
 def test_delayed_label_estimate_lands_near_the_realized_auc_and_drift_is_localised(
     demo: tuple[FeatureStoreSettings, Warehouse],
     trained: tuple[dict[str, ChurnModel], pl.DataFrame],
+    split: TimeSplit,
 ) -> None:
     """Churn v2 in production: score the newest matured snapshot as the service would, estimate
-    its AUC from the probabilities alone (calibrated on the previous, labelled snapshot), then
-    let the outcomes arrive from the warehouse and compare."""
+    its AUC from the probabilities alone, calibrated on the model's held-out reference (every
+    labelled row before that snapshot it did not train on: validation and the earlier evaluation
+    snapshot), then let the outcomes arrive from the warehouse and compare."""
     from mlinfra_ops import (
         cohort_performance,
         detect_drift,
         label_predictions,
-        needs_calibration,
+        reference_calibration,
     )
 
     _, warehouse = demo
@@ -263,14 +279,10 @@ def test_delayed_label_estimate_lands_near_the_realized_auc_and_drift_is_localis
     reference_at, newest_at = sorted(evaluation["event_timestamp"].unique().to_list())
     reference = evaluation.filter(pl.col("event_timestamp") == reference_at)
     newest = evaluation.filter(pl.col("event_timestamp") == newest_at)
-    reference_scores = model.predict_proba(reference)
-    reference_labels = reference[CHURN_LABEL].to_numpy()
-    # NannyML's rule calibrates these scores (isotonic lowers the held-out calibration error),
-    # but the isotonic estimate is 0.892 against a realised 0.854 (0.038 apart), the
-    # uncalibrated one 0.837 (0.017): the newest snapshot is harder than the reference one,
-    # which CBPE cannot see. The estimate here is the uncalibrated one; see the README.
-    assert needs_calibration(reference_scores, reference_labels)
-    calibration = None
+    held_out = held_out_reference(model, split.validation, reference)
+    # NannyML's rule: isotonic calibration lowers the held-out calibration error here
+    calibration = reference_calibration(held_out["score"].to_numpy(), held_out["label"].to_numpy())
+    assert calibration is not None
     predictions = newest.select(
         "customer_id",
         pl.col("event_timestamp").alias("predicted_at"),
@@ -284,9 +296,12 @@ def test_delayed_label_estimate_lands_near_the_realized_auc_and_drift_is_localis
     )
     # the outcomes join agrees with the training labels of the same snapshot
     assert labelled["label"].to_list() == newest[CHURN_LABEL].cast(pl.Boolean).to_list()
-    (cohort,) = cohort_performance(labelled, calibration=calibration, n_boot=100)
+    (cohort,) = cohort_performance(labelled, calibration=calibration, n_boot=200)
     assert cohort.matured and cohort.realized_roc_auc is not None
     print(f"estimated {cohort.estimated}, realized ROC-AUC {cohort.realized_roc_auc:.4f}")
+    # estimated 0.882, realised 0.854: this snapshot's 147 churners realise an AUC ~2 standard
+    # errors below expectation (the earlier snapshot realises 0.885), the sampling noise the
+    # 0.03 criterion has to absorb; other demo seeds and sizes land 0.004-0.021 apart (README)
     assert abs(cohort.estimated.roc_auc - cohort.realized_roc_auc) < 0.03, cohort.as_dict()
 
     features = service_features("churn_v2")

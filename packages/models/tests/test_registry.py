@@ -12,13 +12,16 @@ import pytest
 
 from mlinfra_models import (
     CHURN_LABEL,
+    ChurnModel,
     ChurnSettings,
     Contract,
     RegistrySettings,
     gate,
+    load_reference,
     mlflow_client,
     retrain_churn,
     semantic_version,
+    time_split,
 )
 
 
@@ -86,6 +89,19 @@ def test_retrain_registers_versions_and_moves_the_champion(
     assert run.data.metrics["roc_auc"] > 0.6
     artifacts = {a.path for a in client.list_artifacts(first.run_id)}  # type: ignore[attr-defined]
     assert {"evaluation.json", first.report_path.name} <= artifacts  # type: ignore[attr-defined]
+    # the held-out reference for performance estimation: validation + evaluation rows, scored
+    reference = load_reference(registry, "churn", "1")
+    assert reference is not None
+    split = time_split(rows, v1_settings)
+    assert reference.height == split.validation.height + split.evaluation.height
+    evaluation = reference.filter(pl.col("window") == "evaluation").sort("customer_id")
+    truth = split.evaluation.sort("customer_id")
+    assert evaluation["label"].to_list() == truth[CHURN_LABEL].cast(pl.Boolean).to_list()
+    import mlflow.catboost
+
+    booster = mlflow.catboost.load_model(f"runs:/{first.run_id}/model")  # type: ignore[attr-defined]
+    model = ChurnModel(booster=booster, features=run.data.params["features"].split(","))
+    assert np.allclose(evaluation["score"].to_numpy(), model.predict_proba(truth))
     mv = client.get_model_version("churn", "1")
     import mlflow.models
 

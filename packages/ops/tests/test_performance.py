@@ -18,6 +18,7 @@ from mlinfra_ops import (
     label_predictions,
     needs_calibration,
     population_stability_index,
+    reference_calibration,
     roc_auc,
 )
 
@@ -63,6 +64,33 @@ def test_a_miscalibrated_model_needs_and_gets_calibration() -> None:
     assert abs(naive.roc_auc - realized) > 0.05, "uncalibrated CBPE is biased"
     assert abs(corrected.roc_auc - realized) < 0.015
     assert np.all(np.diff(calibration.probabilities) >= 0), "calibration keeps the ranking"
+
+
+def test_each_version_is_estimated_with_its_own_calibration() -> None:
+    """After a retrain a cohort mixes two versions whose scores mean different things: each
+    version's rows go through that version's calibration."""
+    p_old, y_old = calibrated(20_000, 3)
+    p_new, y_new = calibrated(20_000, 4)
+    at = datetime(2026, 10, 5, tzinfo=UTC)
+    rows = pl.DataFrame(
+        {
+            "predicted_at": [at] * 40_000,
+            "score": np.r_[p_old**3, p_new],  # v1 miscalibrated, v2 calibrated
+            "version": ["1"] * 20_000 + ["2"] * 20_000,
+            "matured": [True] * 40_000,
+            "label": np.r_[y_old, y_new],
+        }
+    )
+    ref_p, ref_y = calibrated(20_000, 5)
+    per_version = {"1": reference_calibration(ref_p**3, ref_y), "2": None}
+    assert per_version["1"] is not None, "the miscalibrated version needs calibration"
+    (cohort,) = cohort_performance(rows, calibration=per_version, n_boot=20)
+    (single,) = cohort_performance(rows, calibration=per_version["1"], n_boot=20)
+    probabilities = np.r_[p_old, p_new]  # the truth both versions' scores stand for
+    assert cohort.estimated.expected_positive_rate == pytest.approx(probabilities.mean(), abs=0.005)
+    assert abs(single.estimated.expected_positive_rate - probabilities.mean()) > 0.02
+    with pytest.raises(ValueError, match="per-version calibrations need the column 'version'"):
+        cohort_performance(rows.drop("version"), calibration=per_version)
 
 
 def test_cohorts_are_estimated_until_they_mature() -> None:

@@ -87,6 +87,8 @@ from mlinfra_models.retraining import (
     GateSettings,
     RetrainResult,
     config_hash,
+    held_out_reference,
+    load_reference,
     retrain_churn,
 )
 
@@ -136,9 +138,11 @@ __all__ = [
     "evaluate_multiclass",
     "event_confusion",
     "gate",
+    "held_out_reference",
     "latest_checkpoint",
     "lift_top_decile",
     "load_anomaly_model",
+    "load_reference",
     "macro_f1",
     "majority_labels",
     "mlflow_client",

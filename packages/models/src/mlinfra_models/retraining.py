@@ -236,6 +236,7 @@ def retrain_churn(
     }
     run_id = _log_run(
         model,
+        reference=held_out_reference(model, split.validation, split.evaluation),
         evaluation_rows=split.evaluation,
         evaluation=evaluation,
         champion_eval=champion_eval,
@@ -272,9 +273,52 @@ def retrain_churn(
     )
 
 
+#: The MLflow artifact holding a version's labelled held-out predictions (see
+#: :func:`held_out_reference`); :func:`load_reference` reads it back.
+REFERENCE_ARTIFACT = "reference.parquet"
+
+
+def held_out_reference(
+    model: ChurnModel, validation: pl.DataFrame, evaluation: pl.DataFrame
+) -> pl.DataFrame:
+    """The candidate's scores and labels on every labelled row it did not train on (the
+    validation and evaluation windows): the reference that performance estimation calibrates
+    on before production outcomes arrive (NannyML's "reference period")."""
+    frames = [
+        rows.select(
+            "customer_id",
+            "event_timestamp",
+            pl.lit(window).alias("window"),
+            pl.Series("score", model.predict_proba(rows), dtype=pl.Float64),
+            pl.col(CHURN_LABEL).cast(pl.Boolean).alias("label"),
+        )
+        for window, rows in (("validation", validation), ("evaluation", evaluation))
+    ]
+    return pl.concat(frames)
+
+
+def load_reference(
+    registry: RegistrySettings, model_name: str, version: str
+) -> pl.DataFrame | None:
+    """A registered version's held-out reference (``customer_id``, ``event_timestamp``,
+    ``window``, ``score``, ``label``), or ``None`` for a version logged without one."""
+    client = mlflow_client(registry)
+    run_id = client.get_model_version(model_name, version).run_id
+    if REFERENCE_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
+        )
+        return pl.read_parquet(path)
+
+
 def _log_run(
     model: ChurnModel,
     *,
+    reference: pl.DataFrame,
     evaluation_rows: pl.DataFrame,
     evaluation: BinaryEvaluation,
     champion_eval: BinaryEvaluation | None,
@@ -321,6 +365,8 @@ def _log_run(
             path = Path(tmp) / "evaluation.json"
             path.write_text(json.dumps(payload, indent=2))
             mlflow.log_artifact(str(path))
+            reference.write_parquet(Path(tmp) / REFERENCE_ARTIFACT)
+            mlflow.log_artifact(str(Path(tmp) / REFERENCE_ARTIFACT))
         mlflow.log_artifact(str(report_path))
         import catboost
 

@@ -44,6 +44,7 @@ __all__ = [
     "estimate_performance",
     "fit_calibration",
     "label_predictions",
+    "reference_calibration",
     "render_performance_report",
     "roc_auc",
     "write_text_atomic",
@@ -180,6 +181,13 @@ def needs_calibration(
     return bool(before > after)
 
 
+def reference_calibration(scores: np.ndarray, labels: np.ndarray) -> Calibration | None:
+    """The calibration CBPE should apply to a model's scores, from its labelled reference rows
+    (NannyML's procedure): isotonic when :func:`needs_calibration` says it improves held-out
+    calibration, else ``None`` (the scores are taken as calibrated)."""
+    return fit_calibration(scores, labels) if needs_calibration(scores, labels) else None
+
+
 def _expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int) -> float:
     """Mean |predicted - observed| over equal-count bins of the sorted predictions."""
     order = np.argsort(p, kind="mergesort")
@@ -223,6 +231,11 @@ def estimate_performance(
     if not np.isfinite(s).all():
         raise ValueError("scores have NaN or infinite values; expected finite scores")
     p = calibration.apply(s) if calibration is not None else s
+    return _estimate(s, p, n_boot=n_boot, seed=seed)
+
+
+def _estimate(s: np.ndarray, p: np.ndarray, *, n_boot: int, seed: int) -> PerformanceEstimate:
+    """CBPE of scores ``s`` whose calibrated probabilities are ``p``."""
     if (p < 0).any() or (p > 1).any():
         raise ValueError("scores are not probabilities in [0, 1]; pass a calibration")
     rng = np.random.default_rng(seed)
@@ -334,18 +347,37 @@ def cohort_performance(
     *,
     score: str = "score",
     predicted_at: str = "predicted_at",
-    calibration: Calibration | None = None,
+    calibration: Calibration | Mapping[str, Calibration | None] | None = None,
+    version: str = "version",
     every: str = "1w",
     n_boot: int = 200,
     seed: int = 0,
 ) -> list[CohortPerformance]:
-    """Estimated performance for every cohort, realised performance for matured ones."""
+    """Estimated performance for every cohort, realised performance for matured ones.
+
+    ``calibration`` is one calibration for every row, or one per model version (the ``version``
+    column; a version without one is taken as calibrated), since each version's scores have
+    their own calibration."""
     if labelled.is_empty():
         raise ValueError("no predictions to evaluate; expected rows of the prediction log")
+    if isinstance(calibration, Mapping) and version not in labelled.columns:
+        raise ValueError(
+            f"per-version calibrations need the column {version!r}; the predictions have "
+            f"{labelled.columns}"
+        )
     frame = labelled.with_columns(pl.col(predicted_at).dt.truncate(every).alias("_cohort"))
     out = []
     for (cohort,), rows in sorted(frame.group_by("_cohort"), key=lambda kv: kv[0][0]):
-        scores = rows[score].to_numpy()
+        scores = rows[score].to_numpy().astype(np.float64)
+        if isinstance(calibration, Mapping):
+            probabilities = scores.copy()
+            versions = rows[version].cast(pl.String).to_numpy()
+            for name, fitted in calibration.items():
+                if fitted is not None:
+                    mask = versions == name
+                    probabilities[mask] = fitted.apply(scores[mask])
+        else:
+            probabilities = calibration.apply(scores) if calibration is not None else scores
         matured = bool(rows["matured"].all())
         realized_auc = realized_ap = observed = None
         if matured:
@@ -357,7 +389,7 @@ def cohort_performance(
                 cohort=cohort.date().isoformat(),
                 n=rows.height,
                 matured=matured,
-                estimated=estimate_performance(scores, calibration, n_boot=n_boot, seed=seed),
+                estimated=_estimate(scores, probabilities, n_boot=n_boot, seed=seed),
                 realized_roc_auc=realized_auc,
                 realized_pr_auc=realized_ap,
                 observed_positive_rate=observed,
