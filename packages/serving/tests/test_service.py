@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -14,13 +18,14 @@ from typing import Any
 import httpx
 import mlflow.catboost
 import numpy as np
+import polars as pl
 import pytest
 
 from mlinfra_features import FeatureStoreSettings, online_features
 from mlinfra_models import ChurnModel, RegistrySettings, champion, mlflow_client
 from mlinfra_serving import PredictionLogSettings, ServingSettings, read_prediction_log
 
-from .conftest import DemoHome
+from .conftest import DemoHome, free_port
 
 Serve = Callable[[ServingSettings], AbstractContextManager[str]]
 UNKNOWN = 9_000_000_000
@@ -324,3 +329,54 @@ def test_redis_and_sqlite_give_the_same_scores_under_concurrency(
     assert [r.status_code for r in on_redis] == [200] * len(bodies)
     for a, b in zip(on_redis, on_sqlite, strict=True):
         assert a.json()["results"] == b.json()["results"]
+
+
+def _requests_counted(text: str) -> float:
+    """The scrape's count of answered churn requests (every status)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mlinfra_serving_requests_total{") and 'route="/v1/churn/score"' in line
+    )
+
+
+def test_two_workers_serve_one_log_and_one_metrics_scrape(
+    demo_home: DemoHome, tmp_path: Path
+) -> None:
+    """``mlinfra-serve --workers 2``: both workers answer, every prediction is logged once, and
+    ``/metrics`` counts every worker's requests whichever worker takes the scrape."""
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the CLI makes the metrics folder
+    command = [sys.executable, "-m", "mlinfra_serving", "--home", str(demo_home.home)]
+    command += ["--port", str(port), "--workers", "2", "--models", "churn"]
+    proc = subprocess.Popen([*command, "--log-level", "warning"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300  # two workers import and load on 2 busy cores
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "mlinfra-serve exited"
+            assert time.monotonic() < deadline, "mlinfra-serve --workers 2 did not become ready"
+            time.sleep(0.5)
+        (folder,) = tmp_path.glob("mlinfra-serve-metrics-*")
+        rng = random.Random(2)
+        bodies = [{"customer_ids": rng.sample(demo_home.customers, 5)} for _ in range(80)]
+        responses = asyncio.run(_burst(url, bodies))
+        assert [r.status_code for r in responses] == [200] * len(bodies)
+        # both workers keep their values in the shared folder (one file per process and kind)
+        workers = {f.stem.rsplit("_", 1)[1] for f in folder.glob("counter_*.db")}
+        assert len(workers) == 2, sorted(workers)
+        for _ in range(6):  # fresh connections: the scrapes land on either worker
+            with httpx.Client() as client:
+                assert _requests_counted(client.get(f"{url}/metrics").text) == len(bodies)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    assert not folder.exists(), "the metrics folder is removed at exit"
+    ids = {r.json()["request_id"] for r in responses}
+    log = read_prediction_log(demo_home.home / "predictions", "churn")
+    assert log.filter(pl.col("request_id").is_in(list(ids))).height == 5 * len(bodies)

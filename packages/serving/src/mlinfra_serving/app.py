@@ -208,7 +208,7 @@ class ServiceState:
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
-        self.metrics = ServingMetrics()
+        self.metrics = ServingMetrics(settings.metrics_dir)
         self.champions = Champions(
             settings.registry_settings,
             settings.models,

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from mlinfra_features import FeatureStoreSettings, default_home
@@ -68,16 +71,25 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     import uvicorn
 
+    metrics_dir = None
+    if args.workers > 1:  # the workers' metrics meet in a folder of this run (one scrape)
+        metrics_dir = Path(tempfile.mkdtemp(prefix="mlinfra-serve-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        settings = replace(settings, metrics_dir=metrics_dir)
     os.environ["MLINFRA_SERVING_SETTINGS"] = settings.to_json()
-    uvicorn.run(
-        "mlinfra_serving.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-        # A worker loads Feast, MLflow and the champions before it answers the supervisor's
-        # pings: seconds on a busy machine, longer than uvicorn's default 5 s.
-        timeout_worker_healthcheck=120,
-    )
+    try:
+        uvicorn.run(
+            "mlinfra_serving.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+            # A worker loads Feast, MLflow and the champions before it answers the supervisor's
+            # pings: seconds on a busy machine, longer than uvicorn's default 5 s.
+            timeout_worker_healthcheck=120,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

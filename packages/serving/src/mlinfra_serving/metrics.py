@@ -1,9 +1,11 @@
 """Prometheus metrics of the service, in a registry of its own (one per app, so that several
 apps in one process, as in the tests, do not collide).
 
-With ``--workers N`` each uvicorn worker process counts its own requests; ``/metrics`` answers
-with the counts of whichever worker took the scrape (scrape each worker, or run one worker per
-container as usual behind a load balancer).
+With ``--workers N`` the worker processes share one scrape: ``mlinfra-serve`` gives them an empty
+folder (``ServingSettings.metrics_dir``), each worker keeps its values in files there
+(prometheus_client's multiprocess mode) and ``/metrics``, whichever worker answers it, sums the
+counters and histograms of all of them; the loaded-version gauge is the maximum over live
+workers. One worker keeps its values in memory (faster: no file per metric).
 
 Importing Feast (``feast.metrics``) sets ``PROMETHEUS_MULTIPROC_DIR`` to a temporary folder, which
 switches ``prometheus_client`` to file-backed multiprocess values for every metric created
@@ -13,8 +15,10 @@ back to in-process values when it is created (at app creation, never at import).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,64 +31,84 @@ _LATENCY_BUCKETS = (
 
 
 class ServingMetrics:
-    def __init__(self) -> None:
+    """The service's metrics; ``registry`` is what ``/metrics`` exposes.
+
+    ``multiprocess_dir``: the folder the worker processes of one service share (see the module
+    docstring); it must be set in ``PROMETHEUS_MULTIPROC_DIR`` too, where prometheus_client's
+    file-backed values look for it."""
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         from prometheus_client import values
 
-        values.ValueClass = values.MutexValue
         self.registry = CollectorRegistry()
+        own: CollectorRegistry | None = self.registry
+        if multiprocess_dir is None:
+            values.ValueClass = values.MutexValue
+        else:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != str(multiprocess_dir):
+                raise ValueError(
+                    f"metrics folder {multiprocess_dir} is not PROMETHEUS_MULTIPROC_DIR "
+                    f"({os.environ.get('PROMETHEUS_MULTIPROC_DIR')!r}); expected the same folder"
+                )
+            values.ValueClass = values.MultiProcessValue()
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
+            own = None  # the values are read back from the folder, every worker's
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "mlinfra_serving_requests",
             "HTTP requests by route template, method and status code.",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "mlinfra_serving_request_seconds",
             "HTTP request latency by route template.",
             ["route"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.lookups = Counter(
             "mlinfra_serving_online_lookups",
             "Online-feature lookups per feature view, found or not found.",
             ["feature_view", "result"],
-            registry=self.registry,
+            registry=own,
         )
         self.predictions = Counter(
             "mlinfra_serving_predictions",
             "Predictions served, by model and version.",
             ["model", "version"],
-            registry=self.registry,
+            registry=own,
         )
         self.categories = Counter(
             "mlinfra_serving_predicted_categories",
             "Predicted categories of classifiers, by model and category.",
             ["model", "category"],
-            registry=self.registry,
+            registry=own,
         )
         self.model_version = Gauge(
             "mlinfra_serving_model_version_info",
             "The loaded champion of each model (value 1), with its version and semver.",
             ["model", "version", "semver"],
-            registry=self.registry,
+            registry=own,
+            multiprocess_mode="livemax",
         )
         self.logged = Counter(
             "mlinfra_serving_predictions_logged",
             "Predictions written to the prediction log.",
-            registry=self.registry,
+            registry=own,
         )
         self.dropped = Counter(
             "mlinfra_serving_predictions_dropped",
             "Predictions that could not be queued or written to the prediction log.",
-            registry=self.registry,
+            registry=own,
         )
         self.reloads = Counter(
             "mlinfra_serving_model_reloads",
             "Champion swaps (a new version loaded, or a model removed), by model.",
             ["model"],
-            registry=self.registry,
+            registry=own,
         )
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -97,6 +121,7 @@ class ServingMetrics:
         return found
 
     def forget_model_version(self, model: str, version: str, semver: str) -> None:
+        self.model_version.labels(model, version, semver).set(0)  # what a shared file keeps
         with warnings.catch_warnings():  # the multiprocess-mode warning does not apply
             warnings.simplefilter("ignore")
             self.model_version.remove(model, version, semver)

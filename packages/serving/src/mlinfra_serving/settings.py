@@ -66,10 +66,16 @@ class ServingSettings:
     max_ids_per_request: int = 1000
     missing_entity: str = "not_found"
     prediction_log: PredictionLogSettings = field(default_factory=PredictionLogSettings)
+    #: An empty folder shared by the service's worker processes (``mlinfra-serve --workers N``
+    #: makes one): each worker keeps its metrics there and ``/metrics`` sums every worker's.
+    #: ``None``: the metrics are this process's own (one worker).
+    metrics_dir: Path | None = None
 
     def __post_init__(self) -> None:
         home = Path(self.home).absolute()
         object.__setattr__(self, "home", home)
+        if self.metrics_dir is not None:
+            object.__setattr__(self, "metrics_dir", Path(self.metrics_dir).absolute())
         if self.store is None:
             object.__setattr__(self, "store", FeatureStoreSettings(home=home))
         if self.registry is None:
