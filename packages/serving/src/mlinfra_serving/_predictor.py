@@ -1,0 +1,82 @@
+"""The batch predictor: CatBoost scores of Arrow batches, for in-process and Ray Data scoring.
+
+Re-exported by :mod:`mlinfra_serving.batch`. It lives apart, importing NumPy and Arrow only
+(CatBoost when it scores), because Ray workers import it to unpickle the predictor: importing
+:mod:`mlinfra_serving.batch` there would bring Feast and MLflow with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["SCORE", "ChurnBatchPredictor"]
+
+SCORE = "score"
+
+
+class ChurnBatchPredictor:
+    """Scores Arrow batches with a CatBoost churn model; a callable class for ``map_batches``.
+
+    Categoricals become bytes (null -> ``"unknown"``) and numbers float32 (null -> NaN), as
+    :meth:`mlinfra_models.ChurnModel.matrix` prepares them, but straight from Arrow into
+    CatBoost's ``FeaturesData`` (CatBoost scores float32 and matches columns by name), with no
+    pandas frame in between. Returns the key column and ``score``.
+    """
+
+    def __init__(
+        self, booster: Any, features: Sequence[str], *, key: str = "customer_id", threads: int = -1
+    ) -> None:
+        self.booster = booster
+        self.features = list(features)
+        self.key = key
+        self.threads = threads
+        names = list(booster.feature_names_)
+        if names != self.features:
+            raise ValueError(
+                f"the model's features {names} differ from the contract's {self.features}"
+            )
+        categorical = set(booster.get_cat_feature_indices())
+        self.categorical = [f for i, f in enumerate(names) if i in categorical]
+        self.numeric = [f for i, f in enumerate(names) if i not in categorical]
+
+    def matrix(self, batch: pa.Table) -> Any:
+        """CatBoost's input for ``batch``: float32 and bytes matrices, columns named."""
+        import pyarrow.compute as pc
+        from catboost import FeaturesData
+
+        missing = [f for f in self.features if f not in batch.column_names]
+        if missing:
+            raise ValueError(f"batch lacks feature column(s) {missing}; expected {self.features}")
+        n = batch.num_rows
+        numbers = np.empty((n, len(self.numeric)), dtype=np.float32)
+        for j, name in enumerate(self.numeric):
+            column = batch.column(name).cast(pa.float32(), safe=False)
+            if column.null_count:
+                column = pc.fill_null(column, np.nan)
+            numbers[:, j] = column.to_numpy()
+        categories = np.empty((n, len(self.categorical)), dtype=object)
+        for j, name in enumerate(self.categorical):
+            encoded = pc.fill_null(batch.column(name).cast(pa.string()), "unknown")
+            encoded = encoded.combine_chunks().dictionary_encode()
+            labels = np.array([s.encode() for s in encoded.dictionary.to_pylist()], dtype=object)
+            categories[:, j] = labels[encoded.indices.to_numpy()]
+        return FeaturesData(
+            num_feature_data=numbers,
+            cat_feature_data=categories if self.categorical else None,
+            num_feature_names=self.numeric,
+            cat_feature_names=self.categorical or None,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows == 0:
+            scores = np.empty(0)
+        else:
+            probabilities = self.booster.predict_proba(
+                self.matrix(batch), thread_count=self.threads
+            )
+            scores = np.ascontiguousarray(probabilities[:, 1])
+        return pa.table({self.key: batch.column(self.key), SCORE: scores})
