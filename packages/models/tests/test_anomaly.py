@@ -100,8 +100,18 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(ray_session: None, frame: pl.DataFrame, storage: Path) -> AnomalyModel:
-    """An uninterrupted run."""
-    return train_anomaly(frame, settings_for(storage, "reference"))
+    """An uninterrupted run. It checkpoints by time, with an interval shorter than any step, so
+    that every step is due (the interval does not change the weights): one Ray Train run for the
+    reference weights and the time-interval behaviour."""
+    settings = settings_for(
+        storage,
+        "reference",
+        checkpoint_every_steps=None,
+        checkpoint_every_seconds=1e-9,
+        notice_poll_steps=1,
+        keep_checkpoints=3,
+    )
+    return train_anomaly(frame, settings)
 
 
 @pytest.fixture(scope="module")
@@ -217,24 +227,13 @@ def test_scoring_bad_input_and_bad_evaluation_input(
 
 
 def test_time_interval_checkpoints_every_worker_together(
-    ray_session: None, frame: pl.DataFrame, tmp_path: Path
+    reference: AnomalyModel, storage: Path
 ) -> None:
-    # An interval shorter than any step makes every step due: a checkpoint per step, written by
-    # every worker at the same step (a report is a collective), and the retained ones are the
-    # latest consecutive steps.
-    settings = settings_for(
-        tmp_path,
-        "by-time",
-        epochs=1,
-        checkpoint_every_steps=None,
-        checkpoint_every_seconds=1e-9,
-        notice_poll_steps=1,
-        keep_checkpoints=3,
-    )
-    model = train_anomaly(frame, settings)
-    steps = 3000 // 128
-    assert model.meta["checkpoints"] == model.meta["total_steps"] == steps
-    kept = sorted(p.name for p in (tmp_path / "by-time").glob("checkpoint_0*"))
+    # Every step is due: a checkpoint per step, written by every worker at the same step (a
+    # report is a collective), and the retained ones are the latest consecutive steps.
+    steps = reference.meta["total_steps"]
+    assert reference.meta["checkpoints"] == steps == 4 * (3000 // 128)
+    kept = sorted(p.name for p in (storage / "reference").glob("checkpoint_0*"))
     assert kept == [f"checkpoint_{s:08d}" for s in range(steps - 2, steps + 1)]
 
 
