@@ -97,10 +97,11 @@ def test_scores_are_the_served_models_with_version_and_semver(
 
 
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize("pool", ["actors", "tasks"])
 def test_ray_engine_scores_exactly_what_in_process_scores(
-    champion: BatchChampion, frame: pl.DataFrame, tmp_path: Path
+    champion: BatchChampion, frame: pl.DataFrame, tmp_path: Path, pool: str
 ) -> None:
-    ray = RayScoringSettings(actors=2, block_rows=250)
+    ray = RayScoringSettings(pool=pool, actors=2, block_rows=250)
     results = {
         engine: score_population(
             frame,
@@ -113,6 +114,15 @@ def test_ray_engine_scores_exactly_what_in_process_scores(
     }
     assert results["ray"].engine == "ray" and results["ray"].partitions >= 3
     assert read_run(results["ray"].run_dir).equals(read_run(results["in_process"].run_dir))
+    if pool == "tasks":  # a second run reuses the workers' predictors: the same scores
+        again = score_population(
+            frame,
+            champion,
+            BatchScoreSettings(
+                output_dir=tmp_path / "again", engine="ray", partition_rows=400, ray=ray
+            ),
+        )
+        assert read_run(again.run_dir).equals(read_run(results["in_process"].run_dir))
 
 
 def test_an_interrupted_run_resumes_without_rescoring_written_partitions(
@@ -180,6 +190,7 @@ def test_auto_engine_uses_ray_above_the_crossover_or_with_a_cluster(tmp_path: Pa
         ({"partition_rows": 0}, r"partition_rows must be a positive number of rows, got 0"),
         ({"model": "anomaly_detector"}, r"model must be 'churn'"),
         ({"ray": {"actors": 0}}, r"ray.actors must be a positive number"),
+        ({"ray": {"pool": "threads"}}, r"ray.pool must be one of actors, tasks; got 'threads'"),
     ],
 )
 def test_bad_settings_name_the_setting(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["SCORE", "ChurnBatchPredictor"]
+__all__ = ["SCORE", "ChurnBatchPredictor", "score_with_cached_predictor"]
 
 SCORE = "score"
 
@@ -80,3 +80,26 @@ class ChurnBatchPredictor:
             )
             scores = np.ascontiguousarray(probabilities[:, 1])
         return pa.table({self.key: batch.column(self.key), SCORE: scores})
+
+
+#: Predictors built in this process, by model digest, newest last: a Ray worker process runs many
+#: tasks (of one run and of the runs after it) and builds each model's predictor once.
+_PREDICTORS: dict[str, ChurnBatchPredictor] = {}
+#: Models a process keeps; an older one is dropped when a newer one arrives.
+_KEPT_MODELS = 2
+
+
+def score_with_cached_predictor(
+    batch: pa.Table, model: bytes, digest: str, features: list[str], *, key: str, threads: int
+) -> pa.Table:
+    """``ChurnBatchPredictor(pickle.loads(model), ...)(batch)``, the predictor built once per
+    process and model (``digest`` names ``model``): a function for ``map_batches`` tasks."""
+    predictor = _PREDICTORS.get(digest)
+    if predictor is None:
+        import pickle
+
+        predictor = ChurnBatchPredictor(pickle.loads(model), features, key=key, threads=threads)
+        while len(_PREDICTORS) >= _KEPT_MODELS:
+            del _PREDICTORS[next(iter(_PREDICTORS))]
+        _PREDICTORS[digest] = predictor
+    return predictor(batch)

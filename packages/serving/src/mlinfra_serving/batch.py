@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ import pyarrow as pa
 
 from mlinfra_features import FEATURE_SERVICES, VIEWS, FeatureStoreSettings, service_entity_key
 from mlinfra_models import RegistrySettings, write_atomic, write_text_atomic
-from mlinfra_serving._predictor import SCORE, ChurnBatchPredictor
+from mlinfra_serving._predictor import SCORE, ChurnBatchPredictor, score_with_cached_predictor
 
 __all__ = [
     "ENGINES",
@@ -68,6 +69,7 @@ __all__ = [
 ]
 
 ENGINES = ("auto", "in_process", "ray")
+POOLS = ("actors", "tasks")
 RUN_FILE = "_run.json"
 SUCCESS_FILE = "_SUCCESS"
 _TS = "event_timestamp"
@@ -79,6 +81,11 @@ class RayScoringSettings:
 
     #: A running cluster (``auto``, ``ray://head:10001``); None: the local Ray of this process.
     address: str | None = None
+    #: ``actors``: a fixed pool of actors started for the run, each building the predictor once;
+    #: ``tasks``: Ray Data tasks on Ray's reusable worker processes, each process building a
+    #: model's predictor once and keeping it for later tasks and runs (no process start or
+    #: import per run once the workers are warm; see the module docstring).
+    pool: str = "actors"
     #: Actors in the (fixed) pool, each loading the model once; None: one per
     #: ``threads_per_actor`` CPUs of the cluster.
     actors: int | None = None
@@ -93,6 +100,8 @@ class RayScoringSettings:
     block_rows: int = 500_000
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"ray.pool must be one of {', '.join(POOLS)}; got {self.pool!r}")
         if self.actors is not None and self.actors < 1:
             raise ValueError(
                 f"ray.actors must be a positive number of actors or null, got {self.actors}"
@@ -310,8 +319,9 @@ def score_with_ray(
 ) -> Iterator[pa.Table]:
     """Scores of ``tables`` from one Ray Data dataset, streamed back in order.
 
-    The tables are cut into blocks of ``block_rows``; a fixed pool of ``actors``
-    :class:`ChurnBatchPredictor` actors scores whole blocks as Arrow (``batch_size=None``,
+    The tables are cut into blocks of ``block_rows``; ``actors`` :class:`ChurnBatchPredictor`
+    actors (``pool="actors"``), or as many concurrent tasks on Ray's reusable workers, each
+    caching its predictor (``pool="tasks"``), score whole blocks as Arrow (``batch_size=None``,
     ``zero_copy_batch``). Yields one table of scores per input table. Uses the Ray this process
     is connected to (Ray Data starts a local one if there is none).
     """
@@ -335,17 +345,34 @@ def score_with_ray(
     ]
     # from_blocks puts the blocks from here; from_arrow would run a metadata task per block
     dataset = ray.data.from_blocks(blocks)
-    scored = dataset.map_batches(
-        ChurnBatchPredictor,
-        fn_constructor_args=(champion.booster, champion.features),
-        fn_constructor_kwargs={"key": key, "threads": settings.threads_per_actor},
-        batch_size=None,
-        batch_format="pyarrow",
-        zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=settings.actor_num_cpus,
-        udf_modifying_row_count=False,
-    )
+    common: dict[str, Any] = {
+        "batch_size": None,
+        "batch_format": "pyarrow",
+        "zero_copy_batch": True,
+        "udf_modifying_row_count": False,
+    }
+    if settings.pool == "actors":
+        scored = dataset.map_batches(
+            ChurnBatchPredictor,
+            fn_constructor_args=(champion.booster, champion.features),
+            fn_constructor_kwargs={"key": key, "threads": settings.threads_per_actor},
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=settings.actor_num_cpus,
+            **common,
+        )
+    else:
+        # The model travels as bytes with its digest: a worker that has scored with it before
+        # (in this run or an earlier one) reuses the predictor it built then.
+        model = pickle.dumps(champion.booster)
+        digest = hashlib.blake2b(model, digest_size=16).hexdigest()
+        scored = dataset.map_batches(
+            score_with_cached_predictor,
+            fn_args=(model, digest, champion.features),
+            fn_kwargs={"key": key, "threads": settings.threads_per_actor},
+            compute=ray.data.TaskPoolStrategy(size=actors),
+            num_cpus=settings.threads_per_actor,
+            **common,
+        )
     scored.context.execution_options.preserve_order = True
     scored.context.enable_progress_bars = False
     sizes = deque(table.num_rows for table in tables)
