@@ -16,6 +16,7 @@ values.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's usage telemetry, read at import
 os.environ.setdefault("EVIDENTLY_DISABLE_TELEMETRY", "1")
@@ -32,21 +33,6 @@ from evidently.legacy.calculations.stattests.psi import _psi  # noqa: E402
 from evidently.legacy.core import ColumnType  # noqa: E402
 
 THRESHOLD = 0.2
-NUMERIC = ["logins_30d", "monthly_spend", "support_tickets_30d"]
-
-
-def frame(rng: np.random.Generator, n: int, shift: float, new_plan: bool) -> pl.DataFrame:
-    plans = rng.choice(["basic", "pro", "enterprise"], n, p=[0.5, 0.3, 0.2])
-    if new_plan:
-        plans[: n // 3] = "trial"
-    return pl.DataFrame(
-        {
-            "logins_30d": rng.poisson(12, n),
-            "monthly_spend": rng.gamma(2, 200, n),
-            "support_tickets_30d": rng.poisson(1.0 + shift, n),
-            "plan": plans,
-        }
-    )
 
 
 def evidently_psi(reference: pl.Series, current: pl.Series) -> float:
@@ -56,10 +42,12 @@ def evidently_psi(reference: pl.Series, current: pl.Series) -> float:
 
 
 @pytest.mark.parametrize(("shift", "new_plan"), [(0.0, False), (2.0, False), (0.0, True)])
-def test_same_features_drift_as_in_evidently(shift: float, new_plan: bool) -> None:
+def test_same_features_drift_as_in_evidently(
+    customer_features: Any, shift: float, new_plan: bool
+) -> None:
     rng = np.random.default_rng(5)
-    reference = frame(rng, 5000, 0.0, False)
-    current = frame(rng, 5000, shift, new_plan)
+    reference = customer_features(rng, 5000, 0.0, False)
+    current = customer_features(rng, 5000, shift, new_plan)
     ours = detect_drift(reference, current, reference.columns, threshold=THRESHOLD)
     theirs = sorted(
         c for c in reference.columns if evidently_psi(reference[c], current[c]) >= THRESHOLD
@@ -70,10 +58,10 @@ def test_same_features_drift_as_in_evidently(shift: float, new_plan: bool) -> No
 
 
 @pytest.mark.parametrize("new_plan", [False, True])
-def test_categorical_psi_equals_evidentlys(new_plan: bool) -> None:
+def test_categorical_psi_equals_evidentlys(customer_features: Any, new_plan: bool) -> None:
     rng = np.random.default_rng(6)
-    reference = frame(rng, 5000, 0.0, False)["plan"]
-    current = frame(rng, 5000, 0.0, new_plan)["plan"]
+    reference = customer_features(rng, 5000, 0.0, False)["plan"]
+    current = customer_features(rng, 5000, 0.0, new_plan)["plan"]
     assert population_stability_index(reference, current) == pytest.approx(
         evidently_psi(reference, current), rel=1e-9, abs=1e-12
     )

@@ -4,6 +4,7 @@ probabilities, calibration, cohorts and maturity, and drift."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -134,22 +135,11 @@ def test_cohorts_are_estimated_until_they_mature() -> None:
     assert first["label"].sum() == expected
 
 
-def test_drift_flags_the_injected_feature_only() -> None:
+def test_drift_flags_the_injected_feature_only(customer_features: Any) -> None:
     rng = np.random.default_rng(2)
-    n = 5000
 
     def frame(shift: float, new_plan: bool) -> pl.DataFrame:
-        plans = rng.choice(["basic", "pro", "enterprise"], n, p=[0.5, 0.3, 0.2])
-        if new_plan:
-            plans[: n // 3] = "trial"
-        return pl.DataFrame(
-            {
-                "logins_30d": rng.poisson(12, n),
-                "monthly_spend": rng.gamma(2, 200, n),
-                "support_tickets_30d": rng.poisson(1.0 + shift, n),
-                "plan": plans,
-            }
-        )
+        return customer_features(rng, 5000, shift, new_plan)
 
     reference = frame(0.0, new_plan=False)
     stable = detect_drift(reference, frame(0.0, new_plan=False), reference.columns)
