@@ -2,7 +2,9 @@
 deployments registered by `prefect deploy`, and one of them run by a process worker to the end.
 
 Everything goes through the CLI and the HTTP API in subprocesses, as an operator would do it; the
-server's scheduler, late-run and trigger services are off, so the only flow run is the test's.
+server's scheduler and late-run services are off, so the only flow runs are the test's: the one it
+creates, and the retrain the deployment trigger starts when the materialize flow's code announces
+a recovered view.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ def prefect_env(home: Path, api_url: str) -> dict[str, str]:
         "PREFECT_SERVER_UI_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         "MLINFRA_HOME": str(home / "mlinfra"),
@@ -159,3 +160,37 @@ def test_deploy_from_prefect_yaml_and_run_through_a_worker(
     # Every feature view of the empty home is missing: one alert each, in the home's history.
     kinds = {a["kind"] for a in read_alert_log(home)}
     assert kinds == {"features_missing"}, kinds
+
+    # A late materialization lands: the materialize flow's announcement (its own code, in a
+    # process of its own) makes the server's trigger start the weekly anomaly retrain.
+    retrain = by_name["retrain-anomaly-detector-weekly"]
+    announce = (
+        "from flows.materialize import announce_recovered_views as a; "
+        "print(a({'account_activity_daily': 'late'}, {'account_activity_daily': 'fresh'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", announce],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and "account_activity_daily" in done.stdout, done.stderr[-3000:]
+    deadline = time.monotonic() + 90
+    with httpx.Client(base_url=api_url, timeout=30) as api:
+        while True:
+            triggered = (
+                api.post(
+                    "/flow_runs/filter",
+                    json={"flow_runs": {"deployment_id": {"any_": [retrain["id"]]}}},
+                )
+                .raise_for_status()
+                .json()
+            )
+            if triggered or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert len(triggered) == 1, "the recovered view starts exactly one retrain"
+    assert triggered[0]["parameters"] == {"overrides": ["model=anomaly_detector"]}
