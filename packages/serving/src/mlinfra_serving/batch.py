@@ -17,9 +17,15 @@ and scores it. The same callable class runs in process or as a Ray Data actor
 
 **Engine.** ``in_process`` scores in this process with CatBoost's threads; ``ray`` scores the
 pending partitions as one Ray Data dataset (one fixed start-up cost per run, not per partition)
-through a fixed pool of actors that reserve ``actor_num_cpus`` each but run ``threads_per_actor``
-CatBoost threads, so that other tasks still get a CPU. ``auto`` takes Ray when a cluster address
-is configured, in process below ``crossover_rows`` pending rows, Ray above.
+with ``threads_per_actor`` CatBoost threads per worker, each reserving ``actor_num_cpus`` (less
+than it uses, so that other tasks still get a CPU). ``ray.pool`` chooses the workers:
+``actors`` (the default), a fixed pool of actors started for the run, each building the
+predictor once, which costs every run a process start and the import of Ray Data and CatBoost
+per actor (measured ~4.6 s on 2 cores, for a no-op actor too); ``tasks``, Ray Data tasks on
+Ray's reusable worker processes, which build a model's predictor once per process and keep it
+(:func:`~mlinfra_serving._predictor.score_with_cached_predictor`), so that only the first run
+on a worker pays those imports. ``auto`` takes Ray when a cluster address is configured, in
+process below ``crossover_rows`` pending rows, Ray above.
 
 **Output and resumption.** ``<output_dir>/<model>/as_of=<UTC time>/version=<version>/``:
 
@@ -92,8 +98,9 @@ class RayScoringSettings:
     #: CatBoost threads per actor. CatBoost builds its input pool on one thread, so several
     #: one-thread actors keep more cores busy than one actor with many threads.
     threads_per_actor: int = 1
-    #: CPUs each actor reserves: below what it uses, so that Ray's other tasks (reads,
-    #: metadata) still get a CPU; two actors of one CPU each on a 2-CPU node starve them.
+    #: CPUs each actor (or task) reserves: below what it uses, so that Ray's other tasks
+    #: (reads, metadata) still get a CPU; two actors of one CPU each on a 2-CPU node starve them,
+    #: and tasks of one CPU each ran one at a time.
     actor_num_cpus: float = 0.5
     #: Rows per Ray block, at most (one ``map_batches`` call each); smaller when there are
     #: fewer rows than ``actors`` blocks of this size.
@@ -127,8 +134,8 @@ class BatchScoreSettings:
     #: ``auto``, ``in_process`` or ``ray`` (see the module docstring).
     engine: str = "auto"
     #: ``auto`` scores in process below this many pending rows and with Ray at or above it
-    #: (measured on 2 cores: ~107M rows; see ``configs/batch_score.yaml``).
-    crossover_rows: int = 100_000_000
+    #: (measured on 2 cores: 102-142M rows; see ``configs/batch_score.yaml``).
+    crossover_rows: int = 120_000_000
     #: Customers per output partition (the unit of resumption).
     partition_rows: int = 500_000
     #: CatBoost threads in process; None: every core.
@@ -370,7 +377,7 @@ def score_with_ray(
             fn_args=(model, digest, champion.features),
             fn_kwargs={"key": key, "threads": settings.threads_per_actor},
             compute=ray.data.TaskPoolStrategy(size=actors),
-            num_cpus=settings.threads_per_actor,
+            num_cpus=settings.actor_num_cpus,
             **common,
         )
     scored.context.execution_options.preserve_order = True
