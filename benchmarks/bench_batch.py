@@ -156,12 +156,19 @@ def timed(run: Callable[[list[pa.Table]], list[pa.Table]], parts: list[pa.Table]
 
 
 def interleaved(bench: BatchBench, parts: list[pa.Table], rounds: int) -> dict[str, float]:
-    """Median seconds of each engine over ``rounds`` alternating runs (the same machine load)."""
+    """Median seconds of each engine over ``rounds`` runs, in process alternating with each Ray
+    pool (the same machine load). Each pool's runs come together, after one untimed run: Ray
+    starts new worker processes for a pool when the other pool used the workers, so the tasks
+    pool is timed as a session keeps it (workers warm from the previous run), while an actor
+    pool starts its processes in every run by construction."""
     runs = engines(bench)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            seconds[name].append(timed(run, parts))
+    for pool in POOLS:
+        ray_run = runs[f"ray_{pool}"]
+        ray_run(parts)
+        for _ in range(rounds):
+            seconds["in_process"].append(timed(runs["in_process"], parts))
+            seconds[f"ray_{pool}"].append(timed(ray_run, parts))
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
