@@ -159,10 +159,25 @@ def test_metrics_and_openapi(demo_home: DemoHome, service_url: str) -> None:
     assert httpx.get(f"{service_url}/docs").status_code == 200
 
 
-async def _burst(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        return await asyncio.gather(*(client.post("/v1/churn/score", json=b) for b in bodies))
+def burst(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    """``bodies`` posted to the churn route over up to 64 connections at once.
+
+    The test services run in a thread of this process, so the client's event loop and the
+    server's share the GIL: at Python's default 5 ms switch interval each hands it to the other
+    only after a timeout, and 256 requests took ~25 s instead of ~3 s. A short interval while
+    the burst runs keeps them both moving."""
+
+    async def post_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/churn/score", json=b) for b in bodies))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        return asyncio.run(post_all())
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_64_concurrent_requests_no_errors_and_right_values(
@@ -173,7 +188,7 @@ def test_64_concurrent_requests_no_errors_and_right_values(
     bodies = [{"customer_ids": rng.sample(pool, rng.randint(1, 20))} for _ in range(256)]
     expected = reference_scores(demo_home, pool)
     for _ in range(2):
-        responses = asyncio.run(_burst(service_url, bodies))
+        responses = burst(service_url, bodies)
         assert [r.status_code for r in responses] == [200] * len(bodies)
         for body, response in zip(bodies, responses, strict=True):
             results = response.json()["results"]
@@ -265,7 +280,7 @@ def test_prediction_log_holds_every_prediction_once(
         for _ in range(60)
     ]
     with serve(settings) as url:
-        responses = asyncio.run(_burst(url, bodies))
+        responses = burst(url, bodies)
     served = sorted(
         (r.json()["request_id"], item["customer_id"], item["score"])
         for r in responses
@@ -322,8 +337,8 @@ def test_redis_and_sqlite_give_the_same_scores_under_concurrency(
     ]
     with serve(settings) as url:
         ready = httpx.get(f"{url}/readyz")
-        on_redis = asyncio.run(_burst(url, bodies))
-    on_sqlite = asyncio.run(_burst(service_url, bodies))
+        on_redis = burst(url, bodies)
+    on_sqlite = burst(service_url, bodies)
     assert ready.status_code == 200, ready.text
     assert ready.json()["online_store"] == {"type": "redis", "reachable": True}
     assert [r.status_code for r in on_redis] == [200] * len(bodies)
@@ -365,7 +380,7 @@ def test_two_workers_serve_one_log_and_one_metrics_scrape(
         (folder,) = tmp_path.glob("mlinfra-serve-metrics-*")
         rng = random.Random(2)
         bodies = [{"customer_ids": rng.sample(demo_home.customers, 5)} for _ in range(80)]
-        responses = asyncio.run(_burst(url, bodies))
+        responses = burst(url, bodies)
         assert [r.status_code for r in responses] == [200] * len(bodies)
         # both workers keep their values in the shared folder (one file per process and kind)
         workers = {f.stem.rsplit("_", 1)[1] for f in folder.glob("counter_*.db")}
