@@ -8,8 +8,9 @@ customer active at ``as_of``, with the ``churn_v2`` point-in-time features of th
 snapshot at or before it) and writes Parquet partitions with the scores, model, version and
 semver under ``<home>/batch_scores/churn/as_of=<snapshot>/version=<version>/``. A rerun (or a
 Prefect retry) skips the partitions already written. ``engine=auto`` scores in process below
-the measured crossover size and on Ray Data above it, or whenever a cluster address is
-configured (``compute=ray_cluster``); see :mod:`mlinfra_serving.batch`.
+the measured crossover size (none on 2 cores: ``crossover_rows: null``) and on Ray Data above
+it, or whenever a cluster address is configured (``compute=ray_cluster``); a run that scores on
+Ray warms Ray's workers while it reads the population. See :mod:`mlinfra_serving.batch`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -28,13 +31,15 @@ from prefect import flow, get_run_logger, task
 
 from flows.config import build, load
 from flows.retrain import start_ray
-from mlinfra_features import FeatureStoreSettings
+from mlinfra_features import FeatureStoreSettings, service_entity_key
 from mlinfra_models import RegistrySettings
 from mlinfra_serving.batch import (
     BatchScoreSettings,
+    RayWarmup,
     load_batch_champion,
     population,
     score_population,
+    warm_ray_scoring,
 )
 
 
@@ -60,21 +65,41 @@ def parse_as_of(value: Any) -> datetime:
 
 @task(retries=1, retry_delay_seconds=10)
 def score_task(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Score the population; a retry resumes from the partitions already written."""
+    """Score the population; a retry resumes from the partitions already written.
+
+    When the run will certainly score on Ray (``engine=ray``, or a cluster address with
+    ``engine=auto``) and the pool is ``tasks``, Ray starts and its workers are warmed
+    (:func:`~mlinfra_serving.batch.warm_ray_scoring`) on a thread while this one reads the
+    population, so that the workers' start and imports overlap the read instead of delaying
+    the scoring.
+    """
     logger = get_run_logger()
     as_of = parse_as_of(cfg["as_of"])
     store: FeatureStoreSettings = build(cfg["features"]["store"])
     registry: RegistrySettings = build(cfg["registry"])
     settings: BatchScoreSettings = build(cfg["batch"])
     champion = load_batch_champion(registry, settings.model)
-    frame = population(store, champion.feature_service, as_of)
-    result = score_population(
-        frame,
-        champion,
-        settings,
-        connect=lambda: start_ray(cfg["compute"]),
-        log=logger.info,
-    )
+    on_ray = settings.engine == "ray" or (settings.engine == "auto" and settings.ray.address)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-warm-up") as background:
+        warming: Future[RayWarmup] | None = None
+        if on_ray and settings.ray.pool == "tasks":
+            start_ray(cfg["compute"])
+            key = service_entity_key(champion.feature_service)
+            warming = background.submit(warm_ray_scoring, champion, settings.ray, key=key)
+        frame = population(store, champion.feature_service, as_of)
+        warm: dict[str, Any] = {}
+
+        def connect() -> None:
+            start_ray(cfg["compute"])
+            if warming is not None:
+                done = warming.result()
+                warm.update(asdict(done))
+                logger.info(
+                    f"Ray workers warmed while the population was read: {done.processes} "
+                    f"process(es) for {done.tasks} concurrent task(s) in {done.seconds:.1f} s"
+                )
+
+        result = score_population(frame, champion, settings, connect=connect, log=logger.info)
     return {
         "run_dir": str(result.run_dir),
         "model": result.model,
@@ -89,6 +114,7 @@ def score_task(cfg: dict[str, Any]) -> dict[str, Any]:
         "engine": result.engine,
         "engine_reason": result.engine_reason,
         "seconds": result.seconds,
+        "warm_up": warm or None,
     }
 
 

@@ -52,3 +52,36 @@ def test_as_of_accepts_dates_times_and_null() -> None:
     assert parse_as_of(None).tzinfo is not None
     with pytest.raises(ValueError, match=r"as_of='yesterday': expected an ISO date or time"):
         parse_as_of("yesterday")
+
+
+@pytest.mark.usefixtures("prefect_harness", "ray_session")
+def test_batch_score_flow_on_ray_warms_the_workers_and_scores_what_in_process_scores(
+    tmp_path: Path,
+) -> None:
+    home = [f"paths.home={tmp_path}", "features.n_customers=1000"]
+    retrain(load("retrain", [*home, *CHURN]))
+    runs = {
+        engine: batch_score(
+            load(
+                "batch_score",
+                [
+                    *home,
+                    f"engine={engine}",
+                    "partition_rows=300",
+                    f"batch.output_dir={tmp_path / engine}",
+                    "batch.ray.actors=2",
+                ],
+            )
+        )
+        for engine in ("ray", "in_process")
+    }
+    assert runs["ray"]["engine"] == "ray" and runs["ray"]["partitions"] >= 2
+    # warmed on a thread while the population was read: a process per concurrent task
+    assert runs["ray"]["warm_up"] == {
+        "tasks": 2,
+        "processes": 2,
+        "seconds": runs["ray"]["warm_up"]["seconds"],
+    }
+    assert runs["in_process"]["warm_up"] is None
+    scores = {e: pl.read_parquet(Path(r["run_dir"]) / "part-*.parquet") for e, r in runs.items()}
+    assert scores["ray"].drop("scored_at").equals(scores["in_process"].drop("scored_at"))

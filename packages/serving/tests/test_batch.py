@@ -23,6 +23,7 @@ from mlinfra_serving.batch import (
     partition_path,
     population,
     score_population,
+    warm_ray_scoring,
 )
 
 from .conftest import DemoHome
@@ -125,6 +126,17 @@ def test_ray_engine_scores_exactly_what_in_process_scores(
         assert read_run(again.run_dir).equals(read_run(results["in_process"].run_dir))
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_warm_up_gives_every_concurrent_task_a_process_of_its_own(champion: BatchChampion) -> None:
+    # three one-task-each warm-ups on 2 CPUs (half a CPU each): the rendezvous keeps a process
+    # from taking a second one, which would leave a third process cold
+    three = warm_ray_scoring(champion, RayScoringSettings(actors=3))
+    assert (three.tasks, three.processes) == (3, 3)
+    # more than fit at once (2 CPUs / 0.5) are capped instead of waiting out the rendezvous
+    capped = warm_ray_scoring(champion, RayScoringSettings(actors=6), timeout_s=30)
+    assert (capped.tasks, capped.processes) == (4, 4) and capped.seconds < 30
+
+
 def test_an_interrupted_run_resumes_without_rescoring_written_partitions(
     champion: BatchChampion, frame: pl.DataFrame, tmp_path: Path
 ) -> None:
@@ -181,6 +193,12 @@ def test_auto_engine_uses_ray_above_the_crossover_or_with_a_cluster(tmp_path: Pa
         choose_engine(BatchScoreSettings(output_dir=tmp_path, engine="in_process"), 10**9)[0]
         == "in_process"
     )
+    # the default: no crossover measured (Ray no faster per row on 2 cores), so in process at
+    # any size unless a cluster is configured
+    default = BatchScoreSettings(output_dir=tmp_path)
+    engine, reason = choose_engine(default, 10**12)
+    assert default.crossover_rows is None
+    assert engine == "in_process" and "no crossover" in reason
 
 
 @pytest.mark.parametrize(
@@ -191,6 +209,7 @@ def test_auto_engine_uses_ray_above_the_crossover_or_with_a_cluster(tmp_path: Pa
         ({"model": "anomaly_detector"}, r"model must be 'churn'"),
         ({"ray": {"actors": 0}}, r"ray.actors must be a positive number"),
         ({"ray": {"pool": "threads"}}, r"ray.pool must be one of actors, tasks; got 'threads'"),
+        ({"crossover_rows": -1}, r"crossover_rows must be >= 0 or null \(no crossover\), got -1"),
     ],
 )
 def test_bad_settings_name_the_setting(

@@ -7,13 +7,20 @@ Re-exported by :mod:`mlinfra_serving.batch`. It lives apart, importing NumPy and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["SCORE", "ChurnBatchPredictor", "score_with_cached_predictor"]
+__all__ = [
+    "SCORE",
+    "ChurnBatchPredictor",
+    "Rendezvous",
+    "score_with_cached_predictor",
+    "warm_worker",
+]
 
 SCORE = "score"
 
@@ -103,3 +110,55 @@ def score_with_cached_predictor(
             del _PREDICTORS[next(iter(_PREDICTORS))]
         _PREDICTORS[digest] = predictor
     return predictor(batch)
+
+
+def warm_worker(
+    model: bytes,
+    digest: str,
+    features: list[str],
+    *,
+    key: str,
+    threads: int,
+    rendezvous: Any = None,
+    timeout_s: float = 60.0,
+) -> int:
+    """Make this Ray worker process ready for the tasks pool; returns its process id.
+
+    Imports Ray Data (what a ``map_batches`` task needs first) and builds the model's cached
+    predictor by scoring one all-null row. Then, with a ``rendezvous`` actor, waits until every
+    warm-up task holds a process of its own, so that no two of them share one and leave
+    another process cold (at most ``timeout_s``).
+    """
+    import os
+
+    import ray
+    import ray.data
+
+    sample = pa.table({key: pa.array([0], pa.int64()), **{f: pa.nulls(1) for f in features}})
+    score_with_cached_predictor(sample, model, digest, features, key=key, threads=threads)
+    pid = os.getpid()
+    if rendezvous is not None:
+        ray.get(rendezvous.arrive.remote(pid, timeout_s))
+    return pid
+
+
+class Rendezvous:
+    """A Ray actor (async, no CPU) that holds each warm-up task until ``parties`` distinct
+    worker processes have arrived, or until the caller's timeout; returns how many did."""
+
+    def __init__(self, parties: int) -> None:
+        import asyncio
+
+        self.parties = parties
+        self.pids: set[int] = set()
+        self.full = asyncio.Event()
+
+    async def arrive(self, pid: int, timeout_s: float) -> int:
+        import asyncio
+
+        self.pids.add(pid)
+        if len(self.pids) >= self.parties:
+            self.full.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.full.wait(), timeout_s)
+        return len(self.pids)

@@ -19,13 +19,22 @@ and scores it. The same callable class runs in process or as a Ray Data actor
 pending partitions as one Ray Data dataset (one fixed start-up cost per run, not per partition)
 with ``threads_per_actor`` CatBoost threads per worker, each reserving ``actor_num_cpus`` (less
 than it uses, so that other tasks still get a CPU). ``ray.pool`` chooses the workers:
-``actors`` (the default), a fixed pool of actors started for the run, each building the
-predictor once, which costs every run a process start and the import of Ray Data and CatBoost
-per actor (measured ~4.6 s on 2 cores, for a no-op actor too); ``tasks``, Ray Data tasks on
-Ray's reusable worker processes, which build a model's predictor once per process and keep it
-(:func:`~mlinfra_serving._predictor.score_with_cached_predictor`), so that only the first run
-on a worker pays those imports. ``auto`` takes Ray when a cluster address is configured, in
-process below ``crossover_rows`` pending rows, Ray above.
+
+* ``tasks`` (the default): Ray Data tasks on Ray's reusable worker processes, which build a
+  model's predictor once per process and keep it
+  (:func:`~mlinfra_serving._predictor.score_with_cached_predictor`). A worker process costs a
+  start and the import of Ray Data and CatBoost once per Ray job (~4.6 s on 2 cores, for a
+  no-op too). :func:`warm_ray_scoring` pays it up front, one process per concurrent task, held
+  at a rendezvous so that no two warm-up tasks share a process: the batch flow runs it while it
+  reads the population, and :func:`score_with_ray` runs it first when this Ray job has not.
+  Every later run in the job starts scoring at once.
+* ``actors``: a fixed pool of actors started for the run, each building the predictor once,
+  which costs every run those process starts and imports (Ray ends an actor's process with it).
+
+``auto`` takes Ray when a cluster address is configured, in process below ``crossover_rows``
+pending rows, Ray above; in process whatever the size when ``crossover_rows`` is None (the
+default: on 2 cores Ray Data scores no faster per row than CatBoost in process, so there is no
+size where it pays off).
 
 **Output and resumption.** ``<output_dir>/<model>/as_of=<UTC time>/version=<version>/``:
 
@@ -49,6 +58,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +68,13 @@ import pyarrow as pa
 
 from mlinfra_features import FEATURE_SERVICES, VIEWS, FeatureStoreSettings, service_entity_key
 from mlinfra_models import RegistrySettings, write_atomic, write_text_atomic
-from mlinfra_serving._predictor import SCORE, ChurnBatchPredictor, score_with_cached_predictor
+from mlinfra_serving._predictor import (
+    SCORE,
+    ChurnBatchPredictor,
+    Rendezvous,
+    score_with_cached_predictor,
+    warm_worker,
+)
 
 __all__ = [
     "ENGINES",
@@ -66,12 +82,14 @@ __all__ = [
     "BatchScoreSettings",
     "ChurnBatchPredictor",
     "RayScoringSettings",
+    "RayWarmup",
     "choose_engine",
     "load_batch_champion",
     "population",
     "score_in_process",
     "score_population",
     "score_with_ray",
+    "warm_ray_scoring",
 ]
 
 ENGINES = ("auto", "in_process", "ray")
@@ -87,11 +105,11 @@ class RayScoringSettings:
 
     #: A running cluster (``auto``, ``ray://head:10001``); None: the local Ray of this process.
     address: str | None = None
-    #: ``actors``: a fixed pool of actors started for the run, each building the predictor once;
     #: ``tasks``: Ray Data tasks on Ray's reusable worker processes, each process building a
-    #: model's predictor once and keeping it for later tasks and runs (no process start or
-    #: import per run once the workers are warm; see the module docstring).
-    pool: str = "actors"
+    #: model's predictor once and keeping it for later tasks and runs (warmed once per Ray job;
+    #: see the module docstring); ``actors``: a fixed pool of actors started for every run, each
+    #: building the predictor once.
+    pool: str = "tasks"
     #: Actors in the (fixed) pool, each loading the model once; None: one per
     #: ``threads_per_actor`` CPUs of the cluster.
     actors: int | None = None
@@ -133,9 +151,11 @@ class BatchScoreSettings:
     model: str = "churn"
     #: ``auto``, ``in_process`` or ``ray`` (see the module docstring).
     engine: str = "auto"
-    #: ``auto`` scores in process below this many pending rows and with Ray at or above it
-    #: (measured on 2 cores: 102-142M rows; see ``configs/batch_score.yaml``).
-    crossover_rows: int = 120_000_000
+    #: ``auto`` scores in process below this many pending rows and with Ray at or above it; None:
+    #: Ray never wins on this machine (no crossover measured), so ``auto`` scores in process
+    #: unless a cluster address is configured. Measured on 2 cores: none with the tasks pool
+    #: (see ``configs/batch_score.yaml``); re-measure on a bigger node.
+    crossover_rows: int | None = None
     #: Customers per output partition (the unit of resumption).
     partition_rows: int = 500_000
     #: CatBoost threads in process; None: every core.
@@ -156,8 +176,10 @@ class BatchScoreSettings:
             raise ValueError(
                 f"partition_rows must be a positive number of rows, got {self.partition_rows}"
             )
-        if self.crossover_rows < 0:
-            raise ValueError(f"crossover_rows must be >= 0, got {self.crossover_rows}")
+        if self.crossover_rows is not None and self.crossover_rows < 0:
+            raise ValueError(
+                f"crossover_rows must be >= 0 or null (no crossover), got {self.crossover_rows}"
+            )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be a positive number or null, got {self.threads}")
 
@@ -259,6 +281,13 @@ class BatchChampion:
     features: list[str]
     booster: Any  # catboost.CatBoostClassifier
 
+    @cached_property
+    def payload(self) -> tuple[bytes, str]:
+        """The pickled model and its digest: what the tasks pool ships to its workers, whose
+        cached predictors are keyed by the digest."""
+        model = pickle.dumps(self.booster)
+        return model, hashlib.blake2b(model, digest_size=16).hexdigest()
+
 
 def load_batch_champion(registry: RegistrySettings, model: str = "churn") -> BatchChampion:
     """The ``champion`` of ``model``, loaded the way the scoring service loads it."""
@@ -295,6 +324,8 @@ def choose_engine(settings: BatchScoreSettings, rows: int) -> tuple[str, str]:
         return settings.engine, f"engine={settings.engine} configured"
     if settings.ray.address:
         return "ray", f"a Ray cluster address is configured ({settings.ray.address})"
+    if settings.crossover_rows is None:
+        return "in_process", f"{rows:,} rows, no crossover measured (crossover_rows: null)"
     if rows < settings.crossover_rows:
         return "in_process", f"{rows:,} rows < crossover {settings.crossover_rows:,}"
     return "ray", f"{rows:,} rows >= crossover {settings.crossover_rows:,}"
@@ -315,6 +346,80 @@ def _ray_actors(settings: RayScoringSettings) -> int:
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(1, cpus // settings.threads_per_actor)
+
+
+@dataclass(frozen=True)
+class RayWarmup:
+    """What :func:`warm_ray_scoring` did."""
+
+    #: concurrent tasks the pool runs, and distinct worker processes now holding the predictor
+    tasks: int
+    processes: int
+    seconds: float
+
+
+#: (Ray job, model digest) pairs whose tasks-pool workers this process has warmed.
+_WARMED: set[tuple[str, str]] = set()
+
+
+def warm_ray_scoring(
+    champion: BatchChampion,
+    settings: RayScoringSettings,
+    *,
+    key: str = "customer_id",
+    timeout_s: float = 60.0,
+) -> RayWarmup:
+    """Start the ``tasks`` pool's worker processes and build ``champion``'s predictor in each.
+
+    One Ray task per concurrent task of the pool, each reserving ``actor_num_cpus`` as the
+    scoring tasks do: it imports Ray Data and builds the cached predictor, then waits at a
+    rendezvous until every warm-up task holds a process of its own (at most ``timeout_s``; a
+    cluster short of CPUs warms fewer). A scoring run in this Ray job then pays no process
+    start or import. Uses the Ray this process is connected to.
+    """
+    import ray
+    import ray.data
+
+    started = time.perf_counter()
+    # no more than the cluster runs at once: the rest would wait behind the rendezvous
+    fits = int(ray.cluster_resources().get("CPU", 1) // settings.actor_num_cpus)
+    tasks = max(1, min(_ray_actors(settings), fits))
+    model, digest = champion.payload
+    remote: Any = ray.remote  # (Ray's stubs type no keyword arguments of a remote call)
+    rendezvous = remote(num_cpus=0)(Rendezvous).remote(tasks)
+    warm = remote(warm_worker).options(num_cpus=settings.actor_num_cpus)
+    model_ref = ray.put(model)
+    try:
+        pending = [
+            warm.remote(
+                model_ref,
+                digest,
+                champion.features,
+                key=key,
+                threads=settings.threads_per_actor,
+                rendezvous=rendezvous,
+                timeout_s=timeout_s,
+            )
+            for _ in range(tasks)
+        ]
+        # Meanwhile this process runs its first Ray Data dataset (a row through the scoring
+        # function): the executor's imports here and Ray Data's stats actor, once per job.
+        sample = pa.table(
+            {key: pa.array([0], pa.int64()), **{f: pa.nulls(1) for f in champion.features}}
+        )
+        ray.data.from_blocks([sample]).map_batches(
+            score_with_cached_predictor,
+            fn_args=(model, digest, champion.features),
+            fn_kwargs={"key": key, "threads": settings.threads_per_actor},
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=settings.actor_num_cpus,
+        ).materialize()
+        pids = ray.get(pending)
+    finally:
+        ray.kill(rendezvous)
+    _WARMED.add((ray.get_runtime_context().get_job_id(), digest))
+    return RayWarmup(tasks=tasks, processes=len(set(pids)), seconds=time.perf_counter() - started)
 
 
 def score_with_ray(
@@ -370,8 +475,10 @@ def score_with_ray(
     else:
         # The model travels as bytes with its digest: a worker that has scored with it before
         # (in this run or an earlier one) reuses the predictor it built then.
-        model = pickle.dumps(champion.booster)
-        digest = hashlib.blake2b(model, digest_size=16).hexdigest()
+        model, digest = champion.payload
+        # (from_blocks above has started a local Ray if this process had none)
+        if (ray.get_runtime_context().get_job_id(), digest) not in _WARMED:
+            warm_ray_scoring(champion, settings, key=key)
         scored = dataset.map_batches(
             score_with_cached_predictor,
             fn_args=(model, digest, champion.features),
