@@ -12,8 +12,8 @@ Polars, not Feast's pandas join, so it scales to millions of customers; the test
 
 **Scoring.** :class:`ChurnBatchPredictor` turns an Arrow batch into CatBoost's own input (a
 float32 matrix of the numeric features and a bytes matrix of the categorical ones: no pandas)
-and scores it. The same callable class runs in process or as a Ray Data actor
-(``map_batches(..., batch_format="pyarrow")``), where it is built once per actor.
+and scores it. The same predictor runs in process or in Ray Data's ``map_batches(...,
+batch_format="pyarrow")``, built once per Ray worker process (tasks pool) or actor.
 
 **Engine.** ``in_process`` scores in this process with CatBoost's threads; ``ray`` scores the
 pending partitions as one Ray Data dataset (one fixed start-up cost per run, not per partition)
@@ -101,7 +101,7 @@ _TS = "event_timestamp"
 
 @dataclass(frozen=True)
 class RayScoringSettings:
-    """How the Ray engine sizes its actor pool and blocks."""
+    """How the Ray engine sizes its pool (tasks or actors) and blocks."""
 
     #: A running cluster (``auto``, ``ray://head:10001``); None: the local Ray of this process.
     address: str | None = None
@@ -110,8 +110,8 @@ class RayScoringSettings:
     #: see the module docstring); ``actors``: a fixed pool of actors started for every run, each
     #: building the predictor once.
     pool: str = "tasks"
-    #: Actors in the (fixed) pool, each loading the model once; None: one per
-    #: ``threads_per_actor`` CPUs of the cluster.
+    #: Concurrent tasks (or actors in the fixed pool), each with the model loaded once; None:
+    #: one per ``threads_per_actor`` CPUs of the cluster.
     actors: int | None = None
     #: CatBoost threads per actor. CatBoost builds its input pool on one thread, so several
     #: one-thread actors keep more cores busy than one actor with many threads.
