@@ -18,6 +18,7 @@ __all__ = [
     "SCORE",
     "ChurnBatchPredictor",
     "Rendezvous",
+    "null_row",
     "score_with_cached_predictor",
     "warm_worker",
 ]
@@ -112,6 +113,11 @@ def score_with_cached_predictor(
     return predictor(batch)
 
 
+def null_row(features: Sequence[str], key: str) -> pa.Table:
+    """One row with id 0 and every feature null: what a warm-up scores."""
+    return pa.table({key: pa.array([0], pa.int64()), **{f: pa.nulls(1) for f in features}})
+
+
 def warm_worker(
     model: bytes,
     digest: str,
@@ -134,8 +140,9 @@ def warm_worker(
     import ray
     import ray.data
 
-    sample = pa.table({key: pa.array([0], pa.int64()), **{f: pa.nulls(1) for f in features}})
-    score_with_cached_predictor(sample, model, digest, features, key=key, threads=threads)
+    score_with_cached_predictor(
+        null_row(features, key), model, digest, features, key=key, threads=threads
+    )
     pid = os.getpid()
     if rendezvous is not None:
         ray.get(rendezvous.arrive.remote(pid, timeout_s))

@@ -72,6 +72,7 @@ from mlinfra_serving._predictor import (
     SCORE,
     ChurnBatchPredictor,
     Rendezvous,
+    null_row,
     score_with_cached_predictor,
     warm_worker,
 )
@@ -404,10 +405,7 @@ def warm_ray_scoring(
         ]
         # Meanwhile this process runs its first Ray Data dataset (a row through the scoring
         # function): the executor's imports here and Ray Data's stats actor, once per job.
-        sample = pa.table(
-            {key: pa.array([0], pa.int64()), **{f: pa.nulls(1) for f in champion.features}}
-        )
-        ray.data.from_blocks([sample]).map_batches(
+        ray.data.from_blocks([null_row(champion.features, key)]).map_batches(
             score_with_cached_predictor,
             fn_args=(model, digest, champion.features),
             fn_kwargs={"key": key, "threads": settings.threads_per_actor},
