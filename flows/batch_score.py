@@ -34,6 +34,7 @@ from flows.retrain import start_ray
 from mlinfra_features import FeatureStoreSettings, service_entity_key
 from mlinfra_models import RegistrySettings
 from mlinfra_serving.batch import (
+    ENGINE_WORDS,
     BatchScoreSettings,
     RayWarmup,
     load_batch_champion,
@@ -129,7 +130,7 @@ def batch_score(
         f"{result['model']} version {result['version']} ({result['semver']}) as of "
         f"{result['as_of']}: {result['rows']} customers in {result['partitions']} partition(s) "
         f"under {result['run_dir']} ({len(result['scored'])} scored"
-        + (f" {result['engine'].replace('_', ' ')}" if result["scored"] else "")
+        + (f" {ENGINE_WORDS[result['engine']]}" if result["scored"] else "")
         + f", {len(result['skipped'])} already written)"
     )
     return result

@@ -79,6 +79,7 @@ from mlinfra_serving._predictor import (
 
 __all__ = [
     "ENGINES",
+    "ENGINE_WORDS",
     "BatchScoreResult",
     "BatchScoreSettings",
     "ChurnBatchPredictor",
@@ -94,6 +95,8 @@ __all__ = [
 ]
 
 ENGINES = ("auto", "in_process", "ray")
+#: How logs and reports say where rows were scored.
+ENGINE_WORDS = {"in_process": "in process", "ray": "on Ray Data"}
 POOLS = ("actors", "tasks")
 RUN_FILE = "_run.json"
 SUCCESS_FILE = "_SUCCESS"
@@ -642,7 +645,7 @@ def score_population(
     pending_rows = sum(parts[i].num_rows for i in pending)
     engine, reason = choose_engine(settings, pending_rows)
     plan = (
-        f"scoring {pending_rows:,} rows {engine.replace('_', ' ')} ({reason})"
+        f"scoring {pending_rows:,} rows {ENGINE_WORDS[engine]} ({reason})"
         if pending
         else "nothing left to score"
     )
