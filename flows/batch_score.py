@@ -37,6 +37,7 @@ from mlinfra_serving.batch import (
     ENGINE_WORDS,
     BatchScoreSettings,
     RayWarmup,
+    choose_engine,
     load_batch_champion,
     population,
     score_population,
@@ -68,11 +69,11 @@ def parse_as_of(value: Any) -> datetime:
 def score_task(cfg: dict[str, Any]) -> dict[str, Any]:
     """Score the population; a retry resumes from the partitions already written.
 
-    When the run will certainly score on Ray (``engine=ray``, or a cluster address with
-    ``engine=auto``) and the pool is ``tasks``, Ray starts and its workers are warmed
-    (:func:`~mlinfra_serving.batch.warm_ray_scoring`) on a thread while this one reads the
-    population, so that the workers' start and imports overlap the read instead of delaying
-    the scoring.
+    When the run will score on Ray whatever the population's size (``engine=ray``, or a
+    cluster address with ``engine=auto``) and the pool is ``tasks``, Ray starts and its
+    workers are warmed (:func:`~mlinfra_serving.batch.warm_ray_scoring`) on a thread while
+    this one reads the population, so that the workers' start and imports overlap the read
+    instead of delaying the scoring.
     """
     logger = get_run_logger()
     as_of = parse_as_of(cfg["as_of"])
@@ -80,7 +81,8 @@ def score_task(cfg: dict[str, Any]) -> dict[str, Any]:
     registry: RegistrySettings = build(cfg["registry"])
     settings: BatchScoreSettings = build(cfg["batch"])
     champion = load_batch_champion(registry, settings.model)
-    on_ray = settings.engine == "ray" or (settings.engine == "auto" and settings.ray.address)
+    # Ray for any number of rows: engine=ray, a cluster address, or a crossover of 0
+    on_ray = choose_engine(settings, 0)[0] == "ray"
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-warm-up") as background:
         warming: Future[RayWarmup] | None = None
         if on_ray and settings.ray.pool == "tasks":
